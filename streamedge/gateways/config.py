@@ -1,0 +1,83 @@
+"""Configuration of the transports (MQTT; CoAP arrives with its own model)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
+
+from streamedge.confbase import EnvStr, Model, env_substituted
+
+
+class ReconnectConfig(Model):
+    """Reconnection with jittered exponential backoff."""
+
+    min_s: float = Field(0.5, gt=0, description="First delay before reconnecting.")
+    max_s: float = Field(30.0, gt=0, description="Longest delay between attempts.")
+    jitter: float = Field(
+        0.5, ge=0, le=1, description="Random share of each delay (0 = none)."
+    )
+
+
+class EmbeddedBrokerConfig(Model):
+    """The amqtt broker started when ``mqtt.host`` is empty."""
+
+    bind: str = Field("127.0.0.1", description="Address the embedded broker binds.")
+    start_timeout_s: float = Field(
+        20.0, gt=0, description="How long to wait for the broker to accept connections."
+    )
+
+
+class MqttConfig(Model):
+    """The MQTT connection of a gateway."""
+
+    host: EnvStr | None = Field(
+        None,
+        description=(
+            "Broker host name. Empty: start an embedded amqtt broker on "
+            "loopback (MQTT 3.1.1 only) and connect to it."
+        ),
+    )
+    port: int = Field(1883, ge=0, le=65535, description="Broker TCP port.")
+    topic_prefix: str = Field(
+        "streamedge", min_length=1, description="Root of every topic (Frigate style)."
+    )
+    client_id: str | None = Field(
+        None, description="MQTT client id; default 'streamedge-<gateway name>'."
+    )
+    username: EnvStr | None = Field(None, description="User name, if the broker needs one.")
+    password: SecretStr | None = Field(
+        None, description="Password; write '${MQTT_PASSWORD}' to take it from the environment."
+    )
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        "auto",
+        description="MQTT version. 'auto' tries 5 and falls back to 3.1.1.",
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="Keep-alive interval.")
+    qos_in: Literal[0, 1] = Field(1, description="QoS of the input subscription.")
+    qos_out: Literal[0, 1] = Field(0, description="QoS of published answers.")
+    max_queued_incoming: int = Field(
+        1000,
+        ge=1,
+        description="Messages aiomqtt may hold before the gateway takes them.",
+    )
+    out_queue_size: int = Field(
+        10_000, ge=1, description="Answers waiting to be published (while disconnected)."
+    )
+    out_queue_max_bytes: int = Field(
+        32 * 2**20, ge=1024, description="Byte cap of the answers waiting to be published."
+    )
+    publish_timeout_s: float = Field(10.0, gt=0, description="Deadline of one publish.")
+    reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
+    embedded: EmbeddedBrokerConfig = Field(default_factory=EmbeddedBrokerConfig)
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _password_env(cls, value: object, info: ValidationInfo) -> object:
+        # SecretStr cannot carry the EnvStr annotation, so substitute here.
+        return env_substituted(value, info)
+
+    @property
+    def embedded_broker(self) -> bool:
+        """Whether the gateway starts its own broker."""
+        return not self.host
