@@ -17,8 +17,8 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic_core import to_jsonable_python
 from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic_core import to_jsonable_python
 
 from streamedge.caches.config import CacheConfig
 from streamedge.confbase import Model, RelPath
@@ -89,9 +89,7 @@ class AppConfig(Model):
 
     name: str = Field(description="Application name; carried in each answer.")
     model: str = Field(description="Name of an entry in 'models'.")
-    cache: str | None = Field(
-        None, description="Name of an entry in 'caches'; none: always infer."
-    )
+    cache: str | None = Field(None, description="Name of an entry in 'caches'; none: always infer.")
 
 
 class StreamConfig(Model):
@@ -212,7 +210,9 @@ def _read_mapping(path: Path) -> dict[str, Any]:
         else:
             data = yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}", source=str(path)) from exc
+        raise ConfigError(
+            f"not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}", source=str(path)
+        ) from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -42,9 +42,7 @@ class MissingDependencyError(ConfigError):
     def __init__(self, plugin: str, package: str) -> None:
         self.plugin = plugin
         self.package = package
-        super().__init__(
-            f"{plugin!r} needs the package {package!r}: pip install {package}"
-        )
+        super().__init__(f"{plugin!r} needs the package {package!r}: pip install {package}")
 
 
 class TransportError(StreamedgeError):

@@ -14,9 +14,7 @@ class ReconnectConfig(Model):
 
     min_s: float = Field(0.5, gt=0, description="First delay before reconnecting.")
     max_s: float = Field(30.0, gt=0, description="Longest delay between attempts.")
-    jitter: float = Field(
-        0.5, ge=0, le=1, description="Random share of each delay (0 = none)."
-    )
+    jitter: float = Field(0.5, ge=0, le=1, description="Random share of each delay (0 = none).")
 
 
 class EmbeddedBrokerConfig(Model):
