@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         CacheHit,
         CacheQuery,
         Ids,
+        Inbound,
         InferenceRequest,
         InferenceResult,
         Item,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
         Verdict,
     )
 
-Deliver = Callable[["RawMessage"], Awaitable[None]]
+Deliver = Callable[["Inbound"], Awaitable[None]]
 """How a transport hands a received message to the gateway. It may block
 (backpressure) when the stream's queue is full and its policy says wait."""
 
@@ -44,7 +45,8 @@ class Transport(Protocol):
 
     Lifecycle: construct (no I/O) → ``run(deliver, ready)`` as a task in the
     gateway's TaskGroup, which connects, reconnects and delivers until
-    cancelled → ``close()`` publishes the final availability and disconnects.
+    cancelled → ``close()`` flushes answers and announces ``stopped``; the
+    gateway then cancels ``run``, which disconnects cleanly.
     """
 
     name: str

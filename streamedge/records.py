@@ -74,6 +74,22 @@ class ModelRef:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Inbound:
+    """Any message a transport received, before the gateway routes it by topic."""
+
+    topic: str
+    payload: bytes
+    received_at: float
+    """Monotonic time of arrival."""
+    content_type: str | None = None
+    qos: int = 0
+    reply_to: str | None = None
+    """MQTT 5 Response Topic (CoAP: the request's own response)."""
+    correlation: bytes | None = None
+    transport: str = "mqtt"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RawMessage:
     """One message as a transport delivered it, before decoding."""
 

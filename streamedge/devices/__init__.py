@@ -1,1 +1,1 @@
-"""devices."""
+"""Simulated devices: a generated camera scene and sensor signals (demo, tests)."""

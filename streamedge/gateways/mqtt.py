@@ -1,0 +1,329 @@
+"""The MQTT transport (aiomqtt 2.x). All aiomqtt calls live in this module.
+
+One long-running :meth:`MqttTransport.run` task connects, subscribes,
+delivers messages and reconnects with jittered exponential backoff. Answers
+are published from a bounded, byte-capped outgoing queue by a sender task,
+so a broker outage holds answers instead of losing them (up to the cap,
+past which each loss is counted). The Last Will marks the gateway
+``offline``; a graceful stop publishes ``stopped`` first.
+
+MQTT 5 is used when the broker accepts it (``protocol: auto``); the embedded
+amqtt broker speaks 3.1.1 only, and everything here works on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from streamedge.errors import PublishError
+from streamedge.gateways.config import MqttConfig
+from streamedge.protocols import Deliver
+from streamedge.records import Clock, Inbound, OutboundMessage
+
+logger = logging.getLogger(__name__)
+
+_REFUSED_V5 = {1, 132}  # "unacceptable protocol version" in 3.1.1 and 5 reason codes
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A topic filter and its QoS."""
+
+    topic: str
+    qos: int = 0
+
+
+def backoff_delay(attempt: int, *, min_s: float, max_s: float, jitter: float) -> float:
+    """Exponential backoff with a random share (full jitter for jitter=1)."""
+    base = min(max_s, min_s * (2.0 ** min(attempt, 30)))
+    return base * (1 - jitter) + base * jitter * random.random()
+
+
+def _payload_bytes(payload: Any) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, bytearray):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode()
+    if payload is None:
+        return b""
+    return str(payload).encode()
+
+
+class MqttTransport:
+    """Connects to one broker; delivers inbound messages; publishes answers."""
+
+    name = "mqtt"
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        *,
+        client_id: str,
+        available_topic: str,
+        subscriptions: Sequence[Subscription],
+        host: str | None = None,
+        port: int | None = None,
+        clock: Clock = time.monotonic,
+        on_lost: Callable[[str], None] | None = None,
+        mqtt311_only: bool = False,
+    ) -> None:
+        self._cfg = cfg
+        self._host = host or cfg.host or "127.0.0.1"
+        self._port = port if port is not None else cfg.port
+        self._client_id = client_id
+        self._available = available_topic
+        self._subs = list(subscriptions)
+        self._clock = clock
+        self._on_lost = on_lost or (lambda _reason: None)
+        self._out: deque[OutboundMessage] = deque()
+        self._out_bytes = 0
+        self._out_ready = asyncio.Event()
+        self._out_empty = asyncio.Event()
+        self._out_empty.set()
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self.protocol: str | None = None
+        # None: not known yet (protocol 'auto'); True/False once a connection settled it.
+        self._v5: bool | None = {"5": True, "3.1.1": False}.get(cfg.protocol)
+        if mqtt311_only:
+            self._v5 = False
+        self.reconnects = 0
+        self.lost_incoming = 0
+        self.lost_outgoing = 0
+
+    # -- public -----------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """Whether a broker connection is up."""
+        return self._connected.is_set()
+
+    @property
+    def mqtt5(self) -> bool:
+        """Whether the current connection speaks MQTT 5."""
+        return self.protocol == "5"
+
+    @property
+    def out_depth(self) -> int:
+        """Answers waiting to be published."""
+        return len(self._out)
+
+    async def publish(self, message: OutboundMessage) -> None:
+        """Queue an answer; raise PublishError when the outgoing queue is full."""
+        n = len(message.payload)
+        if len(self._out) >= self._cfg.out_queue_size or (
+            self._out and self._out_bytes + n > self._cfg.out_queue_max_bytes
+        ):
+            self.lost_outgoing += 1
+            raise PublishError("outgoing queue is full (broker unreachable?)")
+        self._out.append(message)
+        self._out_bytes += n
+        self._out_empty.clear()
+        self._out_ready.set()
+
+    async def publish_now(self, message: OutboundMessage, *, timeout: float | None = None) -> None:
+        """Publish immediately on the live connection (stats, availability)."""
+        client = self._client
+        if client is None or not self.connected:
+            raise PublishError("not connected")
+        await self._send(client, message, timeout or self._cfg.publish_timeout_s)
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until queued answers are published; return whether all were."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._out_empty.wait()
+        return not self._out
+
+    async def close(self, *, graceful: bool) -> None:
+        """Flush answers and publish ``stopped`` (graceful); the caller then cancels run()."""
+        if not graceful or not self.connected:
+            return
+        if not await self.flush(timeout=min(5.0, self._cfg.publish_timeout_s)):
+            logger.warning("%d answers still queued at shutdown", len(self._out))
+        try:
+            await self.publish_now(
+                OutboundMessage(topic=self._available, payload=b"stopped", qos=1, retain=True)
+            )
+        except PublishError as exc:
+            logger.warning("could not publish 'stopped': %s", exc)
+
+    # -- the connection loop ----------------------------------------------------
+    def _queue_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
+        transport = self
+
+        class CountingQueue(asyncio.Queue[aiomqtt.Message]):
+            """aiomqtt discards messages when its queue is full; count each one."""
+
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                try:
+                    super().put_nowait(item)
+                except asyncio.QueueFull:
+                    transport.lost_incoming += 1
+                    transport._on_lost("mqtt_incoming_full")
+                    raise
+
+        return CountingQueue
+
+    def _make_client(self, *, v5: bool) -> aiomqtt.Client:
+        will = aiomqtt.Will(self._available, b"offline", qos=1, retain=True)
+        password = self._cfg.password.get_secret_value() if self._cfg.password else None
+        kwargs: dict[str, Any] = {}
+        if v5:
+            kwargs["protocol"] = aiomqtt.ProtocolVersion.V5
+        else:
+            kwargs["protocol"] = aiomqtt.ProtocolVersion.V311
+            kwargs["clean_session"] = True
+        return aiomqtt.Client(
+            self._host,
+            self._port,
+            identifier=self._client_id,
+            username=self._cfg.username,
+            password=password,
+            will=will,
+            keepalive=self._cfg.keepalive_s,
+            timeout=self._cfg.publish_timeout_s,
+            queue_type=self._queue_type(),
+            max_queued_incoming_messages=self._cfg.max_queued_incoming,
+            **kwargs,
+        )
+
+    async def run(self, deliver: Deliver, ready: asyncio.Event) -> None:
+        """Connect, subscribe, deliver, reconnect; runs until cancelled."""
+        attempt = 0
+        while True:
+            # In 'auto' mode alternate versions until one connects: a 3.1.1-only
+            # broker may refuse MQTT 5 cleanly (rc 132) or hang on its CONNECT.
+            v5 = self._v5 if self._v5 is not None else attempt % 2 == 0
+            try:
+                async with self._make_client(v5=v5) as client:
+                    self._client = client
+                    self._v5 = v5
+                    self.protocol = "5" if v5 else "3.1.1"
+                    await self._on_connect(client)
+                    if attempt or self.reconnects:
+                        logger.info("reconnected to %s:%d", self._host, self._port)
+                    attempt = 0
+                    ready.set()
+                    await self._serve(client, deliver)
+            except aiomqtt.MqttCodeError as exc:
+                self._lost_connection()
+                if v5 and self._cfg.protocol == "auto" and exc.rc in _REFUSED_V5:
+                    logger.info("broker refused MQTT 5; using MQTT 3.1.1")
+                    self._v5 = False
+                    continue
+                delay = self._delay(attempt)
+                logger.warning(
+                    "MQTT %s:%d: %s; retrying in %.1f s", self._host, self._port, exc, delay
+                )
+            except aiomqtt.MqttError as exc:
+                self._lost_connection()
+                delay = self._delay(attempt)
+                logger.warning(
+                    "MQTT %s:%d: %s; retrying in %.1f s", self._host, self._port, exc, delay
+                )
+            attempt += 1
+            self.reconnects += 1
+            await asyncio.sleep(delay)
+
+    def _delay(self, attempt: int) -> float:
+        rc = self._cfg.reconnect
+        return backoff_delay(attempt, min_s=rc.min_s, max_s=rc.max_s, jitter=rc.jitter)
+
+    def _lost_connection(self) -> None:
+        self._connected.clear()
+        self._client = None
+
+    async def _on_connect(self, client: aiomqtt.Client) -> None:
+        await client.publish(self._available, b"online", qos=1, retain=True)
+        for sub in self._subs:
+            await client.subscribe(sub.topic, qos=sub.qos)
+        self._connected.set()
+        logger.info(
+            "connected to MQTT %s:%d (MQTT %s) as %s",
+            self._host,
+            self._port,
+            self.protocol,
+            self._client_id,
+        )
+
+    async def _serve(self, client: aiomqtt.Client, deliver: Deliver) -> None:
+        # The sender lives exactly as long as this connection: created here,
+        # cancelled and awaited in the finally (a TaskGroup would wrap the
+        # MqttError that ends the connection into an ExceptionGroup).
+        sender = asyncio.create_task(self._sender(client), name=f"{self._client_id}.mqtt-sender")
+        try:
+            async for message in client.messages:
+                await deliver(self._inbound(message))
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+
+    def _inbound(self, message: aiomqtt.Message) -> Inbound:
+        props = message.properties
+        reply_to = correlation = content_type = None
+        if props is not None:
+            reply_to = getattr(props, "ResponseTopic", None)
+            correlation = getattr(props, "CorrelationData", None)
+            content_type = getattr(props, "ContentType", None)
+        return Inbound(
+            topic=message.topic.value,
+            payload=_payload_bytes(message.payload),
+            received_at=self._clock(),
+            content_type=content_type,
+            qos=int(message.qos),
+            reply_to=reply_to,
+            correlation=correlation,
+            transport=self.name,
+        )
+
+    async def _sender(self, client: aiomqtt.Client) -> None:
+        """Publish queued answers in order; on failure keep the answer and stop."""
+        while True:
+            while not self._out:
+                self._out_ready.clear()
+                await self._out_ready.wait()
+            message = self._out[0]
+            try:
+                await self._send(client, message, self._cfg.publish_timeout_s)
+            except PublishError as exc:
+                logger.warning("publish failed, will retry after reconnecting: %s", exc)
+                return
+            self._out.popleft()
+            self._out_bytes -= len(message.payload)
+            if not self._out:
+                self._out_empty.set()
+
+    async def _send(self, client: aiomqtt.Client, message: OutboundMessage, timeout: float) -> None:
+        props = None
+        if self.mqtt5 and (message.correlation is not None or message.content_type):
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if message.correlation is not None:
+                props.CorrelationData = message.correlation
+            if message.content_type:
+                props.ContentType = message.content_type
+        try:
+            await client.publish(
+                message.topic,
+                message.payload,
+                qos=message.qos,
+                retain=message.retain,
+                properties=props,
+                timeout=timeout,
+            )
+        except aiomqtt.MqttError as exc:
+            raise PublishError(str(exc)) from exc

@@ -1,0 +1,123 @@
+"""A generic ONNX classifier: a frame or a window of readings in, class scores out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from streamedge.errors import InferenceError
+from streamedge.models.onnx_runtime import make_session
+from streamedge.records import Frame, ModelInput, ModelRef, Prediction, Window
+
+logger = logging.getLogger(__name__)
+
+
+def softmax(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Numerically stable softmax over the last axis."""
+    z = x - np.max(x, axis=-1, keepdims=True)
+    e = np.exp(z)
+    out: npt.NDArray[np.float32] = (e / np.sum(e, axis=-1, keepdims=True)).astype(np.float32)
+    return out
+
+
+class OnnxClassifier:
+    """Runs an ONNX classifier with the preprocessing its config describes."""
+
+    def __init__(
+        self,
+        *,
+        ref: ModelRef,
+        path: Path,
+        input_kind: Literal["frame", "window"],
+        input_size: tuple[int, int] = (32, 32),
+        color: Literal["rgb", "bgr", "gray"] = "rgb",
+        scale: float = 1 / 255,
+        mean: Sequence[float] = (0.0,),
+        std: Sequence[float] = (1.0,),
+        labels: Sequence[str] = (),
+        apply_softmax: bool = False,
+        intra_op_threads: int = 1,
+    ) -> None:
+        self.ref = ref
+        self.input_kind = input_kind
+        self._size = input_size
+        self._color = color
+        self._scale = np.float32(scale)
+        self._mean = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        self._std = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
+        self.labels = list(labels)
+        self._softmax = apply_softmax
+        if not path.is_file():
+            raise InferenceError(f"model file not found: {path}")
+        self._session = make_session(path, intra_op_threads=intra_op_threads)
+        inp = self._session.get_inputs()[0]
+        self._input_name: str = inp.name
+        self._input_shape: list[Any] = list(inp.shape)
+
+    @property
+    def window_shape(self) -> tuple[int, int]:
+        """(readings, fields) a window model takes, from its declared input shape."""
+        dims = [d if isinstance(d, int) and d > 0 else 1 for d in self._input_shape]
+        return int(np.prod(dims[:-1])), int(dims[-1])
+
+    def _frame_tensor(self, frame: Frame) -> npt.NDArray[np.float32]:
+        import cv2  # lazy
+
+        image: np.ndarray[Any, Any] = cv2.resize(
+            frame.image, self._size, interpolation=cv2.INTER_AREA
+        )
+        if self._color == "rgb":
+            image = image[:, :, ::-1]
+        elif self._color == "gray":
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[:, :, None]
+        x = image.astype(np.float32).transpose(2, 0, 1)[None] * self._scale
+        return np.ascontiguousarray((x - self._mean) / self._std, dtype=np.float32)
+
+    def _window_tensor(self, window: Window) -> npt.NDArray[np.float32]:
+        values = np.asarray(window.values, dtype=np.float32)
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in self._input_shape]
+        if int(np.prod(shape)) != values.size:
+            msg = (
+                f"{self.ref}: window of {values.shape} does not fit model input {self._input_shape}"
+            )
+            raise InferenceError(msg)
+        return values.reshape(shape)
+
+    def tensor(self, item: ModelInput) -> npt.NDArray[np.float32]:
+        """The model's input tensor for one item."""
+        if self.input_kind == "frame":
+            if not isinstance(item, Frame):
+                raise InferenceError(f"{self.ref} takes frames, got a reading window")
+            return self._frame_tensor(item)
+        if not isinstance(item, Window):
+            raise InferenceError(f"{self.ref} takes reading windows, got a frame")
+        return self._window_tensor(item)
+
+    def predict(self, item: ModelInput) -> Prediction:
+        """Classify one input: label, its probability, and every class's score."""
+        x = self.tensor(item)
+        try:
+            out = self._session.run(None, {self._input_name: x})[0]
+        except Exception as exc:  # map onnxruntime's exceptions once, here
+            raise InferenceError(f"{self.ref}: inference failed: {exc}") from exc
+        scores = np.asarray(out, dtype=np.float32).reshape(-1)
+        if self._softmax:
+            scores = softmax(scores)
+        best = int(np.argmax(scores))
+        label = self.labels[best] if best < len(self.labels) else str(best)
+        names = (
+            self.labels if len(self.labels) == len(scores) else [str(i) for i in range(len(scores))]
+        )
+        return Prediction(
+            answer={
+                "label": label,
+                "score": round(float(scores[best]), 4),
+                "scores": {n: round(float(s), 4) for n, s in zip(names, scores, strict=True)},
+            },
+            confidence=float(scores[best]),
+        )

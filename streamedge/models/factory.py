@@ -1,0 +1,66 @@
+"""Build :class:`~streamedge.protocols.Model` objects from their config entries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamedge.inference.config import BuiltinModelConfig, ModelConfig, OnnxClassifierConfig
+from streamedge.models.builtin import SPECS, ensure_builtin
+from streamedge.models.classifier import OnnxClassifier
+from streamedge.protocols import Model
+from streamedge.records import ModelRef
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the pipeline must know about a model before the first input arrives."""
+
+    ref: ModelRef
+    input_kind: str
+    """``frame`` or ``window``."""
+    window_fields: tuple[str, ...] = ()
+    window_size: int = 0
+
+
+def model_info(cfg: ModelConfig) -> ModelInfo:
+    """Describe a configured model without loading it."""
+    if isinstance(cfg, BuiltinModelConfig):
+        spec = SPECS[cfg.name]
+        return ModelInfo(
+            ModelRef(spec.name, spec.version),
+            spec.input_kind,
+            spec.window_fields,
+            spec.window_size,
+        )
+    return ModelInfo(ModelRef(cfg.name, cfg.version), cfg.input)
+
+
+def build_model(cfg: ModelConfig, *, data_dir: Path) -> Model:
+    """Load (and for built-ins, first train) a model. Blocking; run it in a thread."""
+    info = model_info(cfg)
+    if isinstance(cfg, BuiltinModelConfig):
+        spec = SPECS[cfg.name]
+        return OnnxClassifier(
+            ref=info.ref,
+            path=ensure_builtin(cfg.name, data_dir),
+            input_kind="frame" if spec.input_kind == "frame" else "window",
+            input_size=(32, 32),
+            color="rgb",
+            labels=spec.labels,
+            intra_op_threads=cfg.intra_op_threads,
+        )
+    assert isinstance(cfg, OnnxClassifierConfig)  # noqa: S101  # the union has two members
+    return OnnxClassifier(
+        ref=info.ref,
+        path=cfg.path,
+        input_kind=cfg.input,
+        input_size=cfg.input_size,
+        color=cfg.color,
+        scale=cfg.scale,
+        mean=cfg.mean,
+        std=cfg.std,
+        labels=cfg.labels,
+        apply_softmax=cfg.softmax,
+        intra_op_threads=cfg.intra_op_threads,
+    )

@@ -1,0 +1,437 @@
+"""The gateway daemon: owns the transport, the shards, the models and the stats.
+
+Lifecycle (one TaskGroup, named tasks)::
+
+    start embedded broker (if mqtt.host is empty)
+    load models (threads) → warm up tiers → connect transport → start workers
+    ... run until ``stop`` is set ...
+    stop accepting → drain queues (pipeline.drain_s) → cancel workers
+    → publish final stats → flush answers → publish ``available = stopped``
+    → disconnect → stop the embedded broker
+
+Every message a transport delivers ends as exactly one of answered,
+filtered or dropped (with a counted reason); ``messages.pending`` in the
+stats is what is still in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from streamedge import __version__
+from streamedge.brokers.embedded import EmbeddedBroker
+from streamedge.caches.cache import ApproximateCache, build_cache, build_embedder
+from streamedge.config import StreamedgeConfig
+from streamedge.decoders.payloads import PayloadDecoder
+from streamedge.errors import ConfigError, PublishError
+from streamedge.filters.chain import FilterChain, build_filter
+from streamedge.gateways.mqtt import MqttTransport, Subscription
+from streamedge.inference.local import LocalBackend
+from streamedge.inference.router import TierRouter
+from streamedge.models.factory import ModelInfo, build_model, model_info
+from streamedge.pipeline.processor import AppRuntime, Outcome, Processor, RuleRuntime
+from streamedge.pipeline.shards import Shard, ShardSet
+from streamedge.protocols import InferenceBackend, Model
+from streamedge.records import (
+    JSON,
+    Clock,
+    Inbound,
+    ModelRef,
+    OutboundMessage,
+    RawMessage,
+    StreamKey,
+)
+from streamedge.stats.metrics import Stats
+from streamedge.topics import TopicScheme
+
+logger = logging.getLogger(__name__)
+
+
+class Gateway:
+    """One streamedge daemon."""
+
+    def __init__(
+        self,
+        cfg: StreamedgeConfig,
+        *,
+        broker_host: str | None = None,
+        broker_port: int | None = None,
+        clock: Clock = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.name = cfg.gateway.name
+        self._clock = clock
+        self._wall = wall_clock
+        self.topics = TopicScheme(cfg.mqtt.topic_prefix)
+        self.embedded = cfg.mqtt.embedded_broker and broker_host is None
+        self.broker_host = broker_host or cfg.mqtt.host or cfg.mqtt.embedded.bind
+        self.broker_port = broker_port if broker_port is not None else cfg.mqtt.port
+        self.stats = Stats(
+            gateway=self.name,
+            version=__version__,
+            clock=clock,
+            wall_clock=wall_clock,
+            window_s=cfg.stats.window_s,
+            max_streams=cfg.limits.max_streams,
+            per_stream=cfg.stats.per_stream,
+        )
+        self.transport = MqttTransport(
+            cfg.mqtt,
+            client_id=cfg.mqtt.client_id or f"streamedge-{self.name}",
+            available_topic=self.topics.available,
+            subscriptions=[
+                Subscription(self.topics.inputs, cfg.mqtt.qos_in),
+                Subscription(self.topics.stats_get, 0),
+            ],
+            host=self.broker_host,
+            port=self.broker_port,
+            clock=clock,
+            on_lost=self._lost_before_delivery,
+            mqtt311_only=self.embedded,  # amqtt 0.12 speaks 3.1.1 only
+        )
+        self.shards = ShardSet(
+            cfg.pipeline.shards, max_bytes=cfg.pipeline.max_queued_bytes, on_drop=self._queue_drop
+        )
+        self._decoder = PayloadDecoder(max_frame_pixels=cfg.limits.max_frame_pixels)
+        self.rules: list[RuleRuntime] = []
+        self.caches: dict[str, ApproximateCache] = {}
+        self.models: dict[ModelRef, Model] = {}
+        self.router: TierRouter | None = None
+        self.processor: Processor | None = None
+        self._rule_of: OrderedDict[StreamKey, RuleRuntime | None] = OrderedDict()
+        self._accepting = False
+        self.ready = asyncio.Event()
+        self.stats.gauges["queues"] = self._queue_gauge
+        self.stats.gauges["caches"] = self._cache_gauge
+        self.stats.gauges["transport"] = self._transport_gauge
+
+    # -- building ----------------------------------------------------------------
+    def _data_dir(self) -> Path:
+        return Path(self.cfg.gateway.data_dir)
+
+    async def build(self) -> None:
+        """Load models (in threads), then build rules, caches and the processor."""
+        cfg = self.cfg
+        infos: dict[str, ModelInfo] = {m.name: model_info(m) for m in cfg.models}
+        used = {app.model for rule in cfg.streams for app in rule.apps}
+        for mcfg in cfg.models:
+            if mcfg.name not in used:
+                continue
+            start = time.perf_counter()
+            model = await asyncio.to_thread(build_model, mcfg, data_dir=self._data_dir())
+            self.models[model.ref] = model
+            logger.info("loaded model %s in %.2f s", model.ref, time.perf_counter() - start)
+        backends: list[InferenceBackend] = [
+            LocalBackend(self.models, tier) for tier in cfg.inference.tiers
+        ]
+        self.router = TierRouter(backends)
+        caches_by_name = {c.name: c for c in cfg.caches}
+        for index, rule in enumerate(cfg.streams):
+            window_fields = (
+                tuple(rule.window.fields) if rule.window and rule.window.fields else None
+            )
+            window_size = rule.window.size if rule.window else 0
+            apps: list[AppRuntime] = []
+            for app in rule.apps:
+                info = infos[app.model]
+                if info.input_kind == "window":
+                    if rule.window is None:
+                        raise ConfigError(
+                            f"streams[{index}]: model {info.ref} takes windows of readings; "
+                            "set 'window' on the stream"
+                        )
+                    window_fields = window_fields or info.window_fields or None
+                    if info.window_size and window_size != info.window_size:
+                        raise ConfigError(
+                            f"streams[{index}].window.size is {window_size}, model {info.ref} "
+                            f"takes {info.window_size}"
+                        )
+                cache: ApproximateCache | None = None
+                if app.cache is not None:
+                    ccfg = caches_by_name[app.cache]
+                    embedder = build_embedder(
+                        ccfg, window_fields=window_fields, window_size=window_size or None
+                    )
+                    namespace = f"{info.ref}/{embedder.name}@{embedder.version}"
+                    cache = self.caches.get(namespace)
+                    if cache is None:
+                        cache = build_cache(
+                            ccfg, model=info.ref, embedder=embedder, clock=self._clock
+                        )
+                        self.caches[namespace] = cache
+                apps.append(AppRuntime(name=app.name, info=info, cache=cache))
+            chain = FilterChain(
+                [build_filter(f, max_streams=cfg.limits.max_streams) for f in rule.filters]
+            )
+            self.rules.append(
+                RuleRuntime(
+                    index=index,
+                    cfg=rule,
+                    chain=chain,
+                    apps=apps,
+                    window_fields=window_fields,
+                    window_size=window_size,
+                )
+            )
+        self.processor = Processor(
+            topics=self.topics,
+            decoder=self._decoder,
+            infer=self.router.infer,
+            publish=self.transport.publish,
+            stats=self.stats,
+            clock=self._clock,
+            wall_clock=self._wall,
+            max_streams=cfg.limits.max_streams,
+            qos_out=cfg.mqtt.qos_out,
+        )
+
+    # -- running -----------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then shut down cleanly."""
+        async with AsyncExitStack() as stack:
+            if self.embedded:
+                await stack.enter_async_context(
+                    EmbeddedBroker(
+                        self.broker_host,
+                        self.broker_port,
+                        start_timeout_s=self.cfg.mqtt.embedded.start_timeout_s,
+                    )
+                )
+            if self.processor is None:
+                await self.build()
+            assert self.router is not None  # noqa: S101  # set by build()
+            await stack.enter_async_context(self.router)
+            async with asyncio.TaskGroup() as tg:
+                transport_ready = asyncio.Event()
+                transport_task = tg.create_task(
+                    self.transport.run(self._deliver, transport_ready),
+                    name=f"streamedge[{self.name}].mqtt",
+                )
+                workers = [
+                    tg.create_task(self._work(shard), name=f"streamedge[{self.name}].{shard.name}")
+                    for shard in self.shards.shards
+                ]
+                stats_task = tg.create_task(
+                    self._stats_loop(), name=f"streamedge[{self.name}].stats"
+                )
+                self._accepting = True
+                waiter = tg.create_task(
+                    transport_ready.wait(), name=f"streamedge[{self.name}].wait"
+                )
+                stopper = tg.create_task(stop.wait(), name=f"streamedge[{self.name}].stop")
+                await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+                if transport_ready.is_set():
+                    self.ready.set()
+                    logger.info(
+                        "gateway %s ready: %d rule(s), %d model(s), %d cache namespace(s)",
+                        self.name,
+                        len(self.rules),
+                        len(self.models),
+                        len(self.caches),
+                    )
+                await stopper
+                waiter.cancel()
+                await self._shutdown(workers)
+                stats_task.cancel()
+                transport_task.cancel()
+
+    async def _shutdown(self, workers: list[asyncio.Task[None]]) -> None:
+        self._accepting = False
+        logger.info("stopping: draining %d queued message(s)", self.shards.depth)
+        deadline = self._clock() + self.cfg.pipeline.drain_s
+        # Polling a condition derived from every shard; 20 ms is nothing at shutdown.
+        while not self.shards.idle and self._clock() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        for task in workers:
+            task.cancel()
+        for task in workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for shard in self.shards.shards:
+            for raw in shard.drain_all():
+                self.stats.dropped("shutdown", str(raw.stream))
+        await self._publish_stats()
+        await self.transport.close(graceful=True)
+        logger.info(
+            "stopped: %d in, %d answered, %d filtered, %d dropped",
+            self.stats.messages_in,
+            self.stats.outcomes["answered"],
+            self.stats.outcomes["filtered"],
+            self.stats.outcomes["dropped"],
+        )
+
+    # -- ingest ------------------------------------------------------------------
+    def _lost_before_delivery(self, reason: str) -> None:
+        self.stats.received(None, 0)
+        self.stats.dropped(reason)
+        logger.warning("inbound MQTT message lost before delivery: %s", reason)
+
+    def _queue_drop(self, raw: RawMessage, reason: str) -> None:
+        self.stats.dropped(reason, str(raw.stream))
+        logger.warning("dropping input from %s: %s", raw.stream, reason)
+
+    def rule_for(self, key: StreamKey) -> RuleRuntime | None:
+        """The first rule matching a stream (cached, bounded)."""
+        if key in self._rule_of:
+            self._rule_of.move_to_end(key)
+            return self._rule_of[key]
+        text = str(key)
+        rule = next((r for r in self.rules if r.cfg.matches(text)), None)
+        self._rule_of[key] = rule
+        while len(self._rule_of) > self.cfg.limits.max_streams:
+            self._rule_of.popitem(last=False)
+        return rule
+
+    async def _deliver(self, msg: Inbound) -> None:
+        """Route one inbound message: device input, stats request, or unknown."""
+        if msg.topic == self.topics.stats_get:
+            await self._answer_stats_request(msg)
+            return
+        key = self.topics.parse_input(msg.topic)
+        self.stats.received(str(key) if key else None, len(msg.payload))
+        if key is None:
+            self.stats.dropped("unknown_topic")
+            logger.warning("dropping message on unknown topic %r", msg.topic[:200])
+            return
+        skey = str(key)
+        if not self._accepting:
+            self.stats.dropped("shutdown", skey)
+            return
+        if len(msg.payload) > self.cfg.limits.max_payload_bytes:
+            self.stats.dropped("too_large", skey)
+            logger.warning(
+                "dropping %d-byte payload from %s: over the limit", len(msg.payload), key
+            )
+            return
+        rule = self.rule_for(key)
+        if rule is None:
+            self.stats.dropped("no_stream_rule", skey)
+            logger.warning("dropping input from %s: no stream rule matches", key)
+            return
+        raw = RawMessage(
+            stream=key,
+            payload=msg.payload,
+            received_at=msg.received_at,
+            content_type=msg.content_type,
+            qos=msg.qos,
+            reply_to=msg.reply_to,
+            correlation=msg.correlation,
+            transport=msg.transport,
+        )
+        await self.shards.shard_for(key).put(raw, rule.cfg.queue)
+
+    async def _work(self, shard: Shard) -> None:
+        assert self.processor is not None  # noqa: S101  # built before workers start
+        while True:
+            raw = await shard.get()
+            shard.busy = True
+            rule = self.rule_for(raw.stream)
+            try:
+                if rule is None:  # the rule cache forgot it; recompute failed
+                    outcome = Outcome("dropped", "no_stream_rule")
+                else:
+                    outcome = await self.processor.handle(raw, rule)
+            except asyncio.CancelledError:
+                self.stats.dropped("shutdown", str(raw.stream))
+                raise
+            except Exception:  # the one per-message boundary: contain, count, go on
+                logger.exception("unexpected error handling a message from %s", raw.stream)
+                self.stats.error("handle")
+                outcome = Outcome("dropped", "error")
+            finally:
+                shard.busy = False
+            self._account(raw, outcome)
+
+    def _account(self, raw: RawMessage, outcome: Outcome) -> None:
+        skey = str(raw.stream)
+        if outcome.kind == "answered":
+            self.stats.answered(skey, outcome.tier or "?", self._clock() - raw.received_at)
+        elif outcome.kind == "filtered":
+            self.stats.filtered(skey)
+        else:
+            self.stats.dropped(outcome.reason or "unknown", skey)
+
+    # -- stats -------------------------------------------------------------------
+    def _queue_gauge(self) -> JSON:
+        return {
+            "depth": self.shards.depth,
+            "bytes": self.shards.budget.used,
+            "max_bytes": self.shards.budget.max_bytes,
+            "shards": {s.name: s.depth for s in self.shards.shards},
+        }
+
+    def _cache_gauge(self) -> JSON:
+        return {
+            ns: {"entries": c.entries, "bytes": c.nbytes} for ns, c in sorted(self.caches.items())
+        }
+
+    def _transport_gauge(self) -> JSON:
+        t = self.transport
+        return {
+            "connected": t.connected,
+            "protocol": t.protocol,
+            "out_queue": t.out_depth,
+            "reconnects": t.reconnects,
+            "lost_incoming": t.lost_incoming,
+            "lost_outgoing": t.lost_outgoing,
+        }
+
+    async def _publish_stats(self) -> None:
+        body = json.dumps(self.stats.snapshot(), separators=(",", ":")).encode()
+        try:
+            await self.transport.publish_now(
+                OutboundMessage(topic=self.topics.stats, payload=body, qos=0, retain=True)
+            )
+        except PublishError as exc:
+            logger.debug("stats not published: %s", exc)
+
+    async def _stats_loop(self) -> None:
+        interval = self.cfg.stats.interval_s
+        while True:
+            await asyncio.sleep(min(interval, 2.0) if self.stats.messages_in == 0 else interval)
+            await self._publish_stats()
+
+    async def _answer_stats_request(self, msg: Inbound) -> None:
+        """Answer ``<prefix>/stats/get`` (MQTT 5 Response Topic, or ``reply_to``)."""
+        request: dict[str, Any] = {}
+        if msg.payload.strip():
+            try:
+                loaded = json.loads(msg.payload)
+                if isinstance(loaded, dict):
+                    request = loaded
+            except ValueError:
+                logger.warning("stats request with a malformed payload ignored")
+                return
+        reply_to = msg.reply_to or request.get("reply_to")
+        if not isinstance(reply_to, str) or not reply_to or "#" in reply_to or "+" in reply_to:
+            logger.warning("stats request without a usable reply_to / Response Topic ignored")
+            return
+        device = request.get("device")
+        stream = request.get("stream")
+        doc = self.stats.snapshot(
+            device=device if isinstance(device, str) else None,
+            stream=stream if isinstance(stream, str) else None,
+        )
+        if "correlation" in request:
+            doc["correlation"] = request["correlation"]
+        try:
+            await self.transport.publish(
+                OutboundMessage(
+                    topic=reply_to,
+                    payload=json.dumps(doc, separators=(",", ":")).encode(),
+                    qos=0,
+                    correlation=msg.correlation,
+                )
+            )
+        except PublishError as exc:
+            logger.warning("stats answer not queued: %s", exc)

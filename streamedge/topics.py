@@ -1,0 +1,69 @@
+"""The topic tree (Frigate/EdgeX conventions) and its parsing.
+
+::
+
+    <prefix>/in/{device}/{stream}    device -> gateway
+    <prefix>/out/{device}/{stream}   gateway -> apps (answers)
+    <prefix>/stats                   retained snapshot
+    <prefix>/stats/get               request/response
+    <prefix>/available               online / offline (Last Will) / stopped
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from streamedge.records import StreamKey
+
+_SEGMENT = re.compile(r"^[^/#+\x00]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class TopicScheme:
+    """Builds and parses the topics under one prefix."""
+
+    prefix: str
+
+    @property
+    def inputs(self) -> str:
+        """The subscription filter for device input."""
+        return f"{self.prefix}/in/+/+"
+
+    @property
+    def available(self) -> str:
+        """Availability topic (retained)."""
+        return f"{self.prefix}/available"
+
+    @property
+    def stats(self) -> str:
+        """Retained stats snapshot topic."""
+        return f"{self.prefix}/stats"
+
+    @property
+    def stats_get(self) -> str:
+        """Stats request topic."""
+        return f"{self.prefix}/stats/get"
+
+    def output(self, stream: StreamKey) -> str:
+        """Where answers for a stream are published."""
+        return f"{self.prefix}/out/{stream.device}/{stream.stream}"
+
+    def input(self, stream: StreamKey) -> str:
+        """Where a device publishes a stream."""
+        return f"{self.prefix}/in/{stream.device}/{stream.stream}"
+
+    def parse_input(self, topic: str) -> StreamKey | None:
+        """``<prefix>/in/{device}/{stream}`` → StreamKey; anything else → None."""
+        head = f"{self.prefix}/in/"
+        if not topic.startswith(head):
+            return None
+        parts = topic[len(head) :].split("/")
+        if len(parts) != 2 or not all(_SEGMENT.match(p) for p in parts):
+            return None
+        return StreamKey(parts[0], parts[1])
+
+
+def valid_segment(text: str) -> bool:
+    """Whether ``text`` can be one topic level (no wildcards, no slash)."""
+    return bool(_SEGMENT.match(text))
