@@ -100,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    except BrokenPipeError:  # `streamedge stats | head`
+        sys.stderr.close()
+        return EXIT_OK
     parser.print_help()
     return EXIT_CONFIG
 

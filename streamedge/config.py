@@ -137,7 +137,9 @@ class PipelineConfig(Model):
 class LoggingConfig(Model):
     """Log levels (the CLI's --verbose raises the default)."""
 
-    level: Literal["debug", "info", "warning", "error"] = Field("info")
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Default level of streamedge's loggers."
+    )
     loggers: dict[str, Literal["debug", "info", "warning", "error"]] = Field(
         default_factory=dict, description="Per-logger levels, e.g. {streamedge.caches: debug}."
     )
@@ -209,15 +211,56 @@ def _read_mapping(path: Path) -> dict[str, Any]:
             data = json.loads(text)
         else:
             data = yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(
-            f"not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}", source=str(path)
-        ) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"not valid YAML: {where}{problem}", source=str(path)) from exc
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        kind = "TOML" if path.suffix == ".toml" else "JSON"
+        raise ConfigError(f"not valid {kind}: {exc}", source=str(path)) from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("the top level must be a mapping of keys", source=str(path))
     return data
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _include_cache_profiles(data: dict[str, Any], base_dir: Path, source: str) -> dict[str, Any]:
+    """Expand ``caches: [{name: x, profile: ../caches/y.yaml, ...}]``.
+
+    The profile file holds cache keys (embedder, index, policy, store); keys
+    given next to ``profile`` override it. Paths are relative to the file
+    that names them.
+    """
+    caches = data.get("caches")
+    if not isinstance(caches, list):
+        return data
+    expanded: list[Any] = []
+    for i, entry in enumerate(caches):
+        if isinstance(entry, dict) and "profile" in entry:
+            ref = entry["profile"]
+            if not isinstance(ref, str):
+                raise ConfigError(f"caches.{i}.profile: must be a file path", source=source)
+            path = Path(ref).expanduser()
+            if not path.is_absolute():
+                path = base_dir / path
+            profile = _read_mapping(path)
+            rest = {k: v for k, v in entry.items() if k != "profile"}
+            expanded.append(_deep_merge(profile, rest))
+        else:
+            expanded.append(entry)
+    return {**data, "caches": expanded}
 
 
 def format_validation_error(exc: ValidationError) -> str:
@@ -241,6 +284,7 @@ def parse_config(
 ) -> StreamedgeConfig:
     """Validate a mapping; raise :class:`ConfigError` naming each bad key."""
     context = {"base_dir": base_dir, "env": dict(env) if env is not None else None}
+    data = _include_cache_profiles(dict(data), base_dir or Path.cwd(), source)
     try:
         return StreamedgeConfig.model_validate(dict(data), context=context)
     except ValidationError as exc:

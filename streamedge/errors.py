@@ -33,7 +33,10 @@ class ConfigError(StreamedgeError):
 
     def __init__(self, message: str, *, source: str | None = None) -> None:
         self.source = source
-        super().__init__(f"{source}: {message}" if source else message)
+        if source:
+            lines = [ln for ln in message.splitlines() if ln.strip()] or [""]
+            message = "\n".join(f"{source}: {ln}" for ln in lines)
+        super().__init__(message)
 
 
 class MissingDependencyError(ConfigError):

@@ -31,6 +31,11 @@ class TopicScheme:
         return f"{self.prefix}/in/+/+"
 
     @property
+    def input_root(self) -> str:
+        """Every device input topic starts with this."""
+        return f"{self.prefix}/in/"
+
+    @property
     def available(self) -> str:
         """Availability topic (retained)."""
         return f"{self.prefix}/available"

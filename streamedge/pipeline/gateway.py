@@ -110,6 +110,7 @@ class Gateway:
         self.processor: Processor | None = None
         self._rule_of: OrderedDict[StreamKey, RuleRuntime | None] = OrderedDict()
         self._accepting = False
+        self.strays = 0
         self.ready = asyncio.Event()
         self.stats.gauges["queues"] = self._queue_gauge
         self.stats.gauges["caches"] = self._cache_gauge
@@ -297,6 +298,13 @@ class Gateway:
         if msg.topic == self.topics.stats_get:
             await self._answer_stats_request(msg)
             return
+        if not msg.topic.startswith(self.topics.input_root):
+            # Not device input: a broker sent something we did not subscribe to
+            # (amqtt 0.12 replays retained messages of *other* clients'
+            # subscriptions on connect). Count it apart from device traffic.
+            self.strays += 1
+            logger.debug("ignoring message on %r (not subscribed)", msg.topic[:200])
+            return
         key = self.topics.parse_input(msg.topic)
         self.stats.received(str(key) if key else None, len(msg.payload))
         if key is None:
@@ -384,6 +392,7 @@ class Gateway:
             "reconnects": t.reconnects,
             "lost_incoming": t.lost_incoming,
             "lost_outgoing": t.lost_outgoing,
+            "stray_messages": self.strays,
         }
 
     async def _publish_stats(self) -> None:
