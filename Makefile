@@ -8,7 +8,7 @@ PORT ?=
 DEMO_ARGS := $(if $(DURATION),--duration $(DURATION)) $(if $(PORT),--port $(PORT))
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test lint typecheck unit bench clean
+.PHONY: all venv demo test lint typecheck unit slow bench clean
 
 all: test
 
@@ -32,6 +32,10 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+# `make slow`: tests marked slow (long real-video checks); exit 5 means none are marked yet.
+slow: $(STAMP)
+	$(BIN)/pytest -m slow $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && echo "no slow tests selected" && rc=0; exit $$rc
 
 test: lint typecheck unit
 

@@ -2,8 +2,9 @@
 
 The broker is Mosquitto when its binary is installed (``.ci/run`` installs
 Debian's package), else streamedge's embedded amqtt broker in a child
-process. ``STREAMEDGE_TEST_BROKER=host:port`` points the tests at a broker
-that is already running.
+process (``STREAMEDGE_TEST_BROKER_KIND=amqtt`` forces it).
+``STREAMEDGE_TEST_BROKER=host:port`` points the tests at a broker that is
+already running.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ def wait_port(host: str, port: int, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {host}:{port} after {timeout} s")
+
+
+def broker_kind() -> str:
+    """Mosquitto when installed, else amqtt; ``STREAMEDGE_TEST_BROKER_KIND`` forces one."""
+    forced = os.environ.get("STREAMEDGE_TEST_BROKER_KIND")
+    if forced in ("mosquitto", "amqtt"):
+        return forced
+    return "mosquitto" if mosquitto_binary() else "amqtt"
 
 
 def mosquitto_binary() -> str | None:
@@ -111,7 +120,7 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInfo
         host, _, port = external.rpartition(":")
         yield BrokerInfo(host or "127.0.0.1", int(port), "external")
         return
-    kind = "mosquitto" if mosquitto_binary() else "amqtt"
+    kind = broker_kind()
     proc = BrokerProcess(kind, free_port(), tmp_path_factory.mktemp("broker"))
     proc.start()
     try:
@@ -123,8 +132,7 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInfo
 @pytest.fixture
 def restartable_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
     """A broker of this test's own, which the test may stop and start again."""
-    kind = "mosquitto" if mosquitto_binary() else "amqtt"
-    proc = BrokerProcess(kind, free_port(), tmp_path)
+    proc = BrokerProcess(broker_kind(), free_port(), tmp_path)
     proc.start()
     try:
         yield proc

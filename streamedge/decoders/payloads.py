@@ -158,6 +158,11 @@ class PayloadDecoder:
         content_type = raw.content_type
         shape: Any = None
         if not payload.startswith((_JPEG, _PNG)):
+            first = payload[0]
+            if not (0x80 <= first <= 0x8F or first in (0xDE, 0xDF)):
+                raise DecodeError(
+                    "frame is neither JPEG/PNG nor a msgpack frame envelope", reason="bad_image"
+                )
             env = self._load_map(payload)
             data = env.get("data")
             if not isinstance(data, bytes | bytearray):

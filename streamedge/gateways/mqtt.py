@@ -137,7 +137,7 @@ class MqttTransport:
     async def publish_now(self, message: OutboundMessage, *, timeout: float | None = None) -> None:
         """Publish immediately on the live connection (stats, availability)."""
         client = self._client
-        if client is None or not self.connected:
+        if client is None:
             raise PublishError("not connected")
         await self._send(client, message, timeout or self._cfg.publish_timeout_s)
 
@@ -150,7 +150,7 @@ class MqttTransport:
 
     async def close(self, *, graceful: bool) -> None:
         """Flush answers and publish ``stopped`` (graceful); the caller then cancels run()."""
-        if not graceful or not self.connected:
+        if not graceful or self._client is None:
             return
         if not await self.flush(timeout=min(5.0, self._cfg.publish_timeout_s)):
             logger.warning("%d answers still queued at shutdown", len(self._out))
@@ -178,7 +178,7 @@ class MqttTransport:
 
         return CountingQueue
 
-    def _make_client(self, *, v5: bool) -> aiomqtt.Client:
+    def _make_client(self, *, v5: bool, probe: bool = False) -> aiomqtt.Client:
         will = aiomqtt.Will(self._available, b"offline", qos=1, retain=True)
         password = self._cfg.password.get_secret_value() if self._cfg.password else None
         kwargs: dict[str, Any] = {}
@@ -195,7 +195,9 @@ class MqttTransport:
             password=password,
             will=will,
             keepalive=self._cfg.keepalive_s,
-            timeout=self._cfg.publish_timeout_s,
+            # A 3.1.1-only broker may sit on an MQTT 5 CONNECT instead of refusing
+            # it; do not wait the full timeout to find out.
+            timeout=min(3.0, self._cfg.publish_timeout_s) if probe else self._cfg.publish_timeout_s,
             queue_type=self._queue_type(),
             max_queued_incoming_messages=self._cfg.max_queued_incoming,
             **kwargs,
@@ -209,12 +211,12 @@ class MqttTransport:
             # broker may refuse MQTT 5 cleanly (rc 132) or hang on its CONNECT.
             v5 = self._v5 if self._v5 is not None else attempt % 2 == 0
             try:
-                async with self._make_client(v5=v5) as client:
+                async with self._make_client(v5=v5, probe=self._v5 is None and v5) as client:
                     self._client = client
                     self._v5 = v5
                     self.protocol = "5" if v5 else "3.1.1"
                     await self._on_connect(client)
-                    if attempt or self.reconnects:
+                    if self.reconnects:
                         logger.info("reconnected to %s:%d", self._host, self._port)
                     attempt = 0
                     ready.set()
@@ -231,6 +233,11 @@ class MqttTransport:
                 )
             except aiomqtt.MqttError as exc:
                 self._lost_connection()
+                if self._v5 is None and v5:
+                    # The MQTT 5 probe got no answer (amqtt sits on a v5 CONNECT): try 3.1.1 now.
+                    logger.info("no answer to an MQTT 5 CONNECT (%s); trying MQTT 3.1.1", exc)
+                    attempt += 1
+                    continue
                 delay = self._delay(attempt)
                 logger.warning(
                     "MQTT %s:%d: %s; retrying in %.1f s", self._host, self._port, exc, delay
@@ -248,10 +255,11 @@ class MqttTransport:
         self._client = None
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
-        await client.publish(self._available, b"online", qos=1, retain=True)
+        # Subscribe first: "online" promises that input is being taken.
         for sub in self._subs:
             await client.subscribe(sub.topic, qos=sub.qos)
         self._connected.set()
+        await client.publish(self._available, b"online", qos=1, retain=True)
         logger.info(
             "connected to MQTT %s:%d (MQTT %s) as %s",
             self._host,
