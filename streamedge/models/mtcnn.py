@@ -391,9 +391,29 @@ def _keep_valid(boxes: FloatArray, height: int, width: int) -> FloatArray:
 
 
 def count_confidence(detections: Detections) -> float:
-    """How sure the detector is of the face count (:meth:`MtcnnDetector.predict`)."""
+    """How sure the detector is of the face count.
+
+    The lowest score among the reported faces, or one minus the highest
+    score among the candidates ONet rejected (the near miss), whichever is
+    lower; 1.0 when ONet saw no candidate. A low value means one final-stage
+    decision was close, so the count could easily have been different.
+    """
     accepted = float(detections.boxes[:, 4].min()) if detections.count else 1.0
     return min(accepted, 1.0 - detections.near_miss)
+
+
+def to_prediction(detections: Detections) -> Prediction:
+    """The answer published for a frame (see :meth:`MtcnnDetector.predict`).
+
+    Public so that wrappers (e.g. a layer-cached PNet per stream) that call
+    :meth:`MtcnnDetector.detect` themselves answer in the same format.
+    """
+    boxes = [
+        [*(round(float(v), 1) for v in row[:4]), round(float(row[4]), 4)]
+        for row in detections.boxes
+    ]
+    answer = {"boxes": boxes, "count": detections.count}
+    return Prediction(answer=answer, confidence=count_confidence(detections))
 
 
 # --------------------------------------------------------------------------
@@ -535,10 +555,10 @@ class MtcnnDetector:
         with boxes in pixels of the frame (clipped to it, rounded to 0.1 px),
         best score first, and scores rounded to 4 decimals.
 
-        The confidence is that of the face *count*: the lowest score among
-        the reported faces, and one minus the highest score among the
-        candidates ONet rejected (its "near miss"), whichever is lower; 1.0
-        when ONet saw no candidate at all. A low value means one
+        The confidence is that of the face *count* (:func:`count_confidence`):
+        the lowest score among the reported faces, or one minus the highest
+        score among the candidates ONet rejected (its "near miss"), whichever
+        is lower; 1.0 when ONet saw no candidate at all. A low value means one
         final-stage decision was close, so the count could easily differ.
 
         Raises:
@@ -547,13 +567,7 @@ class MtcnnDetector:
         if not isinstance(item, Frame):
             msg = f"mtcnn takes video frames, not {type(item).__name__}"
             raise InferenceError(msg)
-        found = self.detect(item.image)
-        boxes = [
-            [*(round(float(v), 1) for v in row[:4]), round(float(row[4]), 4)]
-            for row in found.boxes
-        ]
-        answer = {"boxes": boxes, "count": found.count}
-        return Prediction(answer=answer, confidence=count_confidence(found))
+        return to_prediction(self.detect(item.image))
 
     # -- the cascade --------------------------------------------------------
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from streamedge.models.mtcnn import (
+    Detections,
     crop_padded,
     iou,
     nms,
@@ -18,6 +19,7 @@ from streamedge.models.mtcnn import (
     scaled_size,
     snap,
     square,
+    to_prediction,
 )
 
 
@@ -144,3 +146,30 @@ def test_importing_the_model_modules_loads_no_heavy_library() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def detections(rows: list[list[float]], near_miss: float) -> Detections:
+    n = len(rows)
+    return Detections(
+        boxes=np.array(rows, dtype=np.float32).reshape(n, 5),
+        landmarks=np.zeros((n, 5, 2), dtype=np.float32),
+        features=np.zeros((n, 256), dtype=np.float32),
+        near_miss=near_miss,
+    )
+
+
+def test_answer_format_and_count_confidence() -> None:
+    found = detections([[10.04, 20.06, 30.0, 40.0, 0.912345], [1, 2, 3, 4, 0.8]], 0.3)
+    pred = to_prediction(found)
+    assert pred.answer == {
+        "boxes": [[10.0, 20.1, 30.0, 40.0, 0.9123], [1.0, 2.0, 3.0, 4.0, 0.8]],
+        "count": 2,
+    }
+    # The near miss (0.3 rejected) is closer to the threshold than the weakest
+    # face (0.8 accepted): 1 - 0.3 wins.
+    assert pred.confidence == pytest.approx(0.7)
+    weak_face = to_prediction(detections([[0, 0, 5, 5, 0.75]], 0.1))
+    assert weak_face.confidence == pytest.approx(0.75)
+    nothing = to_prediction(detections([], 0.0))
+    assert nothing.answer == {"boxes": [], "count": 0}
+    assert nothing.confidence == 1.0
