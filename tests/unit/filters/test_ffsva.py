@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamedge.errors import ConfigError
 from streamedge.filters._snm import FORMAT_VERSION, _export
@@ -458,6 +460,32 @@ def test_odd_frames_and_readings() -> None:
     assert flt.check(S, reading, 0.0) is PASS
     flt.observe(S, reading, result(EMPTY))
     flt.observe(OTHER, frame(gray), result(EMPTY))  # unknown stream: ignored
+
+
+def test_max_age_passes_a_stale_stream() -> None:
+    flt = cascade(max_age_s=3.0)
+    assert run(flt, [scene()] * 7, EMPTY) == [PASS, DROP, DROP, PASS, DROP, DROP, PASS]
+    assert flt.decisions["stale"] == 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    height=st.integers(1, 40),
+    width=st.integers(1, 40),
+    channels=st.sampled_from([0, 1, 3, 4]),
+    dtype=st.sampled_from([np.uint8, np.uint16, np.float32, np.bool_]),
+    seed=st.integers(0, 2**16),
+)
+def test_any_valid_image_is_judged_without_raising(
+    height: int, width: int, channels: int, dtype: Any, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    shape = (height, width) if channels == 0 else (height, width, channels)
+    images = [(rng.random(shape) * 255).astype(dtype) for _ in range(3)]
+    flt = cascade(constant_snm(0.5, 0.0), count_source="snm", sdd_threshold=0.0)
+    blobs = cascade(count_source="blobs", sdd_threshold=0.0, sdd_metric="blocked")
+    for f in (flt, blobs):
+        assert run(f, images, [EMPTY, ONE, EMPTY])[0] is PASS
 
 
 def test_snm_input_shape() -> None:

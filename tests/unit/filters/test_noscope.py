@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from streamedge.filters._answers import UNKNOWN, AnswerSemantics, is_authoritative
 from streamedge.filters._distance import block_mse, max_block_mse, mse
 from streamedge.filters._frames import UnsupportedFrameError, thumbnail, working_bgr
 from streamedge.filters.config import AnswerConfig, NoScopeFilterConfig
@@ -91,6 +92,47 @@ def run(
 
 def make(**kwargs: Any) -> NoScopeFilter:
     return NoScopeFilter(NoScopeFilterConfig(**kwargs))
+
+
+# ------------------------------------------------------------------ answers
+
+
+def test_answer_semantics_by_presence_count_and_label() -> None:
+    presence = AnswerSemantics(AnswerConfig(by="presence"))
+    count = AnswerSemantics(AnswerConfig(by="count"))
+    label = AnswerSemantics(AnswerConfig(by="label"))
+    two: JSON = {"boxes": [[0, 0, 1, 1], [2, 2, 3, 3]], "count": 2}
+    assert presence.same(ONE, two)
+    assert not count.same(ONE, two)
+    assert count.key(two) == 2
+    assert presence.is_empty(EMPTY)
+    assert not presence.is_empty(ONE)
+    # Boxes are counted when the count key is absent; a boolean is not a count.
+    assert count.count({"boxes": [[0, 0, 1, 1]]}) == 1
+    assert count.count({"count": True}) is None
+    assert label.same({"label": "cat", "score": 0.9}, {"label": "cat", "score": 0.6})
+    assert not label.same({"label": "cat"}, {"label": "dog"})
+    assert label.is_empty({"label": "background"})
+    assert not label.is_empty({"label": "cat"})
+    custom = AnswerSemantics(AnswerConfig(by="label", label_field="cls", empty_labels=("0",)))
+    assert custom.is_empty({"cls": 0})
+
+
+def test_unreadable_answers_are_never_the_same_nor_empty() -> None:
+    sem = AnswerSemantics(AnswerConfig(by="count"))
+    odd: JSON = {"label": "cat"}
+    assert sem.key(odd) is UNKNOWN
+    assert not sem.same(odd, odd)
+    assert not sem.is_empty(odd)
+    assert UNKNOWN != UNKNOWN  # by design: unknown equals nothing
+
+
+def test_only_model_tiers_are_authoritative() -> None:
+    assert is_authoritative(result(EMPTY, Tier.LOCAL))
+    assert is_authoritative(result(EMPTY, Tier.CLOUD))
+    assert not is_authoritative(result(EMPTY, Tier.CACHE))
+    assert is_authoritative(result(EMPTY, Tier.CACHE), trust_cache=True)
+    assert not is_authoritative(result(EMPTY, Tier.FILTER), trust_cache=True)
 
 
 # ------------------------------------------------------------------ distances

@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamedge.filters._frames import UnsupportedFrameError
 from streamedge.filters.config import ReductoFilterConfig
@@ -284,6 +286,28 @@ def test_odd_frames_are_converted_or_rejected() -> None:
         flt.check(S, frame(np.zeros((3, 48, 64), np.uint8)), 2.0)
     reading = Reading(stream=S, ts=0.0, values={"t": 1.0})
     assert flt.check(S, reading, 0.0) is PASS
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    height=st.integers(1, 40),
+    width=st.integers(1, 40),
+    channels=st.sampled_from([0, 1, 3, 4]),
+    dtype=st.sampled_from([np.uint8, np.uint16, np.float32, np.bool_]),
+    seed=st.integers(0, 2**16),
+)
+def test_any_valid_image_is_judged_without_raising(
+    height: int, width: int, channels: int, dtype: Any, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    shape = (height, width) if channels == 0 else (height, width, channels)
+    images = [(rng.random(shape) * 255).astype(dtype) for _ in range(2)]
+    for cfg in (
+        ReductoFilterConfig(thresholds={"pixel": 0.01, "area": 0.01, "edge": 0.01}),
+        native(width=16),
+    ):
+        flt = ReductoFilter(cfg)
+        assert run(flt, images, EMPTY)[0] is PASS
 
 
 def test_is_a_filter() -> None:
