@@ -12,9 +12,23 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from streamedge.records import StreamKey
+from streamedge.records import Frame, StreamKey
 
 S = TypeVar("S")
+
+ItemKey = tuple[int, float]
+"""Identifies a frame between ``check`` and ``observe`` without keeping it alive."""
+
+
+def item_key(item: Frame) -> ItemKey:
+    """The frame's identity and timestamp.
+
+    Filters remember frames in flight by this key instead of a reference, so
+    a stream's pending frames do not pin full-size images in memory. The
+    timestamp guards against an id reused after a frame was freed; pending
+    entries are searched newest first, so a frame's own entry wins anyway.
+    """
+    return id(item), item.ts
 
 
 class StreamTable(Generic[S]):

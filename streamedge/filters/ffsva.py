@@ -48,7 +48,7 @@ from streamedge.filters._answers import AnswerSemantics, is_authoritative
 from streamedge.filters._distance import distance
 from streamedge.filters._frames import thumbnail, validate
 from streamedge.filters._snm import SnmModel, fit_snm, snm_input, train_snm
-from streamedge.filters._state import StreamTable
+from streamedge.filters._state import ItemKey, StreamTable, item_key
 from streamedge.filters.config import FfsvaFilterConfig
 from streamedge.records import Frame, Image, InferenceResult, Item, StreamKey, Verdict
 
@@ -70,7 +70,7 @@ class TrainingSet:
 
 @dataclass(slots=True)
 class _Pending:
-    item: Frame
+    key: ItemKey
     thumb: Image
 
 
@@ -201,7 +201,7 @@ class FfsvaFilter:
         return verdict
 
     def _pass(self, st: _State, item: Frame, thumb: Image, now: float, reason: str) -> Verdict:
-        st.pending.append(_Pending(item, thumb))
+        st.pending.append(_Pending(item_key(item), thumb))
         st.last_pass_at = now
         return self._decide(reason, Verdict.PASS)
 
@@ -325,7 +325,8 @@ class FfsvaFilter:
             return
         if st.last_count is None and not st.last_empty and self.semantics.cfg.by != "label":
             return  # an answer without a count says nothing to learn from
-        pending = next((p for p in st.pending if p.item is item), None)
+        wanted = item_key(item)
+        pending = next((p for p in reversed(st.pending) if p.key == wanted), None)
         if pending is not None:
             thumb = pending.thumb
         elif item.image.shape[:2] == st.shape:

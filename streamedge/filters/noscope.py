@@ -46,7 +46,7 @@ import numpy.typing as npt
 from streamedge.filters._answers import UNKNOWN, AnswerSemantics, is_authoritative
 from streamedge.filters._distance import distance
 from streamedge.filters._frames import thumbnail, validate
-from streamedge.filters._state import StreamTable
+from streamedge.filters._state import ItemKey, StreamTable, item_key
 from streamedge.filters.config import NoScopeFilterConfig
 from streamedge.records import Frame, Image, InferenceResult, Item, StreamKey, Verdict
 
@@ -68,7 +68,7 @@ class _Checked:
 
 @dataclass(slots=True)
 class _Pending:
-    item: Frame
+    key: ItemKey
     thumb: Image
     entry: _Checked | None
 
@@ -198,7 +198,7 @@ class NoScopeFilter:
         if self.cfg.mode == "earlier":
             entry = _Checked(index, thumb, UNKNOWN)  # its answer arrives in observe
             st.history.append(entry)
-        st.pending.append(_Pending(item, thumb, entry))
+        st.pending.append(_Pending(item_key(item), thumb, entry))
         st.last_pass_at = now
         return self._decide(reason, Verdict.PASS)
 
@@ -211,7 +211,8 @@ class NoScopeFilter:
         st.has_answer = True
         st.last_key = self.semantics.key(answer)
         st.last_empty = self.semantics.is_empty(answer)
-        pending = next((p for p in st.pending if p.item is item), None)
+        wanted = item_key(item)
+        pending = next((p for p in reversed(st.pending) if p.key == wanted), None)
         if pending is not None and pending.entry is not None:
             pending.entry.key = st.last_key
         if (

@@ -50,7 +50,7 @@ import numpy.typing as npt
 
 from streamedge.filters._answers import UNKNOWN, AnswerSemantics, is_authoritative
 from streamedge.filters._frames import validate, working_bgr
-from streamedge.filters._state import StreamTable
+from streamedge.filters._state import ItemKey, StreamTable, item_key
 from streamedge.filters.config import ReductoFeature, ReductoFilterConfig
 from streamedge.records import (
     JSON,
@@ -166,7 +166,7 @@ class ReductoSample:
 
 @dataclass(slots=True)
 class _Pending:
-    item: Frame
+    key: ItemKey
     values: dict[str, float] | None
     base_key: Hashable
     dropped: bool
@@ -176,7 +176,7 @@ class _Pending:
 class _State:
     shape: tuple[int, int] | None = None
     sent: Prepared | None = None
-    sent_item: Frame | None = None
+    sent_item: ItemKey | None = None
     sent_key: Hashable = UNKNOWN
     last_pass_at: float | None = None
     thresholds: dict[ReductoFeature, float] | None = None
@@ -279,7 +279,7 @@ class ReductoFilter:
         thresholds = st.thresholds if st.thresholds is not None else self.cfg.thresholds
         if any(values[f] > t for f, t in thresholds.items()):
             return self._send(st, item, prepared, values, now, "changed")
-        st.pending.append(_Pending(item, values, st.sent_key, dropped=True))
+        st.pending.append(_Pending(item_key(item), values, st.sent_key, dropped=True))
         self.decisions["unchanged"] += 1
         return Verdict.DROP
 
@@ -292,9 +292,9 @@ class ReductoFilter:
         now: float,
         reason: str,
     ) -> Verdict:
-        st.pending.append(_Pending(item, values, st.sent_key, dropped=False))
+        st.pending.append(_Pending(item_key(item), values, st.sent_key, dropped=False))
         st.sent = prepared
-        st.sent_item = item
+        st.sent_item = item_key(item)
         st.sent_key = UNKNOWN  # until observe brings this frame's answer
         st.last_pass_at = now
         self.decisions[reason] += 1
@@ -311,9 +311,10 @@ class ReductoFilter:
         if st is None or not isinstance(item, Frame):
             return
         key = self.semantics.key(result.answer)
-        if item is st.sent_item:
+        wanted = item_key(item)
+        if wanted == st.sent_item:
             st.sent_key = key
-        pending = next((p for p in st.pending if p.item is item), None)
+        pending = next((p for p in reversed(st.pending) if p.key == wanted), None)
         if (
             pending is None
             or pending.values is None

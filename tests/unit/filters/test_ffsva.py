@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -486,6 +487,16 @@ def test_any_valid_image_is_judged_without_raising(
     blobs = cascade(count_source="blobs", sdd_threshold=0.0, sdd_metric="blocked")
     for f in (flt, blobs):
         assert run(f, images, [EMPTY, ONE, EMPTY])[0] is PASS
+
+
+def test_frames_in_flight_are_not_kept_alive() -> None:
+    flt = cascade()
+    img = scene()
+    baseline = sys.getrefcount(img)
+    item = frame(img)
+    assert flt.check(S, item, 0.0) is PASS
+    del item
+    assert sys.getrefcount(img) == baseline
 
 
 def test_snm_input_shape() -> None:

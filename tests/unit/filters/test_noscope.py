@@ -6,6 +6,7 @@ rejections in ``streamedge.filters._frames``).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -370,6 +371,16 @@ def test_observe_for_an_unknown_stream_is_ignored() -> None:
     flt = make()
     flt.observe(StreamKey("x", "y"), frame(scene()), result(EMPTY))
     assert len(flt) == 0
+
+
+def test_frames_in_flight_are_not_kept_alive() -> None:
+    flt = make(mode="reference")
+    img = scene()
+    baseline = sys.getrefcount(img)
+    item = frame(img)
+    assert flt.check(S, item, 0.0) is PASS
+    del item
+    assert sys.getrefcount(img) == baseline  # no reference to the 640x480 image left
 
 
 def test_is_a_filter() -> None:

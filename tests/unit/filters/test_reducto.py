@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -308,6 +309,17 @@ def test_any_valid_image_is_judged_without_raising(
     ):
         flt = ReductoFilter(cfg)
         assert run(flt, images, EMPTY)[0] is PASS
+
+
+@pytest.mark.parametrize("width", [None, 160])
+def test_frames_in_flight_are_not_kept_alive(width: int | None) -> None:
+    flt = ReductoFilter(ReductoFilterConfig(thresholds={"pixel": 0.01}, width=width))
+    img = scene()
+    baseline = sys.getrefcount(img)
+    item = frame(img)
+    assert flt.check(S, item, 0.0) is PASS
+    del item
+    assert sys.getrefcount(img) == baseline
 
 
 def test_is_a_filter() -> None:
