@@ -17,9 +17,10 @@ vtest.avi from Debian's OpenCV documentation package (not committed)::
         ./usr/share/doc/opencv-doc/examples/data/vtest.avi
 
 Baselines, timed the same way: a 640×480 → 50×50 INTER_LINEAR resize (the
-floor of every thumbnail filter), the INTER_AREA resize it avoids, and, with
-``--onnx MODEL``, one onnxruntime run of a full model (e.g. an MTCNN stage)
-on a frame-sized input.
+floor of every thumbnail filter), the INTER_AREA resize it avoids, one full
+MTCNN run per frame (``streamedge.models.mtcnn.MtcnnDetector.predict``, when
+that module is installed: the cost the filters exist to avoid), and, with
+``--onnx MODEL``, one onnxruntime run of any model on a frame-sized input.
 
 Usage::
 
@@ -29,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -65,6 +67,7 @@ EMPTY_RESULT = InferenceResult(
     latency_s=0.0,
 )
 VIDEO_CANDIDATES = (
+    Path("data/videos/vtest.avi"),  # where scripts/fetch_data.sh puts it
     Path(tempfile.gettempdir()) / "filters_video" / "vtest.avi",
     Path("data/vtest.avi"),
     Path("samples/vtest.avi"),
@@ -90,7 +93,7 @@ class Row:
 
 def load_frames(video: Path | None, count: int, size: tuple[int, int]) -> tuple[list[Image], str]:
     """Decode up to ``count`` frames resized to ``size``; synthetic if no video."""
-    path = video or next((p for p in VIDEO_CANDIDATES if p.is_file()), None)
+    path = video or next((p for p in VIDEO_CANDIDATES if p.is_file()), None) or _dataset_video()
     if path is not None:
         capture = cv2.VideoCapture(str(path))
         frames: list[Image] = []
@@ -115,6 +118,16 @@ def load_frames(video: Path | None, count: int, size: tuple[int, int]) -> tuple[
         img[200:320, x : x + 60] = (30, 60, 200)
         frames.append(img)
     return frames, "synthetic"
+
+
+def _dataset_video() -> Path | None:
+    """vtest.avi (or its excerpt) via streamedge.datasets, when that module exists."""
+    try:
+        datasets = importlib.import_module("streamedge.datasets")
+        found = datasets.find_video("vtest")
+    except (ImportError, OSError, LookupError, ValueError):
+        return None
+    return Path(found) if found is not None else None
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -206,6 +219,22 @@ def onnx_row(path: Path, size: tuple[int, int], iterations: int) -> Row:
     )
 
 
+def mtcnn_row(frames: Sequence[Image], iterations: int) -> Row | None:
+    """Time the full MTCNN detector per frame, if streamedge.models.mtcnn exists."""
+    try:
+        module = importlib.import_module("streamedge.models.mtcnn")
+    except ImportError:
+        print("note: streamedge.models.mtcnn not installed; no MTCNN row", file=sys.stderr)
+        return None
+    detector = module.MtcnnDetector(intra_op_threads=1)
+
+    def predict(i: int) -> object:
+        image = frames[(i * 7) % len(frames)]
+        return detector.predict(Frame(stream=STREAM, ts=float(i), image=image))
+
+    return time_call("MTCNN full (predict)", predict, iterations, 2, "full model, one frame")
+
+
 def snm_for(frames: Sequence[Image]) -> bytes:
     """An SNM trained on the benchmark frames (labels do not change its cost)."""
     labels = [i % 2 == 0 for i in range(len(frames))]
@@ -287,6 +316,10 @@ def build_rows(args: argparse.Namespace, frames: Sequence[Image]) -> list[Row]:
         if model is not None:
             flt.set_model(STREAM, model)
         rows.append(filter_row(name, flt, n, note))
+    if args.mtcnn_iterations > 0:
+        row = mtcnn_row(frames, args.mtcnn_iterations)
+        if row is not None:
+            rows.append(row)
     if args.onnx is not None:
         rows.append(onnx_row(args.onnx, (args.width, args.height), args.onnx_iterations))
     return rows
@@ -325,6 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--onnx", type=Path, help="also time one run of this ONNX model")
     parser.add_argument("--onnx-iterations", type=int, default=20)
+    parser.add_argument(
+        "--mtcnn-iterations", type=int, default=30, help="MTCNN frames to time (0: skip)"
+    )
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
 
