@@ -87,6 +87,7 @@ class _State:
     positives: deque[tuple[npt.NDArray[np.uint8], float]] = field(default_factory=deque)
     negatives: deque[npt.NDArray[np.uint8]] = field(default_factory=deque)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    thresholds: dict[str, float] = field(default_factory=dict)
 
 
 class FfsvaFilter:
@@ -104,6 +105,9 @@ class FfsvaFilter:
             ``snm_low``, ``count``; passes ``first``, ``stale``, ``resolution``,
             ``sdd_leaving``, ``snm_low_leaving``, ``count_leaving``, ``snm_high``,
             ``no_snm``, ``snm_unsure``, ``count_ok``, ``not_a_frame``.
+        last_scores: What the stages computed for the last frame checked (any
+            stream): ``sdd``, and ``p_object``, ``count`` when they ran; for
+            logging and calibration.
     """
 
     name = "ffsva"
@@ -112,6 +116,7 @@ class FfsvaFilter:
         self.cfg = cfg
         self.semantics = AnswerSemantics(cfg.answer)
         self.decisions: Counter[str] = Counter()
+        self.last_scores: dict[str, float] = {}
         self._configured: dict[str, SnmModel] = {}
         for key, path in cfg.snm_models.items():
             try:
@@ -194,6 +199,52 @@ class FfsvaFilter:
         )
         return onnx_bytes
 
+    # ------------------------------------------------------------------ thresholds
+
+    def thresholds(self, stream: StreamKey) -> dict[str, float]:
+        """``sdd``, ``snm_low`` and ``snm_high`` in force for ``stream``."""
+        st = self._states.peek(stream)
+        own = {} if st is None else st.thresholds
+        cfg = self.cfg
+        return {
+            "sdd": own.get("sdd", cfg.sdd_threshold),
+            "snm_low": own.get("snm_low", cfg.snm_low),
+            "snm_high": own.get("snm_high", cfg.snm_high),
+        }
+
+    def set_thresholds(
+        self,
+        stream: StreamKey,
+        *,
+        sdd: float | None = None,
+        snm_low: float | None = None,
+        snm_high: float | None = None,
+    ) -> None:
+        """Give ``stream`` its own thresholds; ``None`` keeps the configured value.
+
+        Raises:
+            ValueError: a negative SDD threshold, SNM thresholds outside 0-1,
+                or ``snm_low`` above ``snm_high``.
+        """
+        own = {
+            name: value
+            for name, value in (("sdd", sdd), ("snm_low", snm_low), ("snm_high", snm_high))
+            if value is not None
+        }
+        if "sdd" in own and not own["sdd"] >= 0:
+            msg = f"sdd threshold must be non-negative, got {own['sdd']}"
+            raise ValueError(msg)
+        for name in ("snm_low", "snm_high"):
+            if name in own and not 0.0 <= own[name] <= 1.0:
+                msg = f"{name} must be within 0-1, got {own[name]}"
+                raise ValueError(msg)
+        low = own.get("snm_low", self.cfg.snm_low)
+        high = own.get("snm_high", self.cfg.snm_high)
+        if low > high:
+            msg = f"snm_low ({low}) must not exceed snm_high ({high})"
+            raise ValueError(msg)
+        self._states.get(stream).thresholds = own
+
     # ------------------------------------------------------------------ filter
 
     def _decide(self, reason: str, verdict: Verdict) -> Verdict:
@@ -230,10 +281,10 @@ class FfsvaFilter:
                 # another picture. A stream's own SNM is kept: it still runs
                 # on the thumbnail, and its thresholds guard its decisions.
                 logger.info("%s: resolution %s -> %s, state reset", stream, st.shape, shape)
-                model = st.model
+                model, own = st.model, st.thresholds
                 self._states.pop(stream)
                 st = self._states.get(stream)
-                st.model = model
+                st.model, st.thresholds = model, own
                 self.decisions["resolution"] += 1
             st.shape = shape
         thumb = thumbnail(item.image, cfg.size)
@@ -243,22 +294,39 @@ class FfsvaFilter:
             st.background = thumb.astype(np.float32)
             return self._pass(st, item, thumb, now, "first")
         sdd = distance(thumb, background, cfg.sdd_metric, cfg.sdd_blocks)
-        blobs = self._blobs(thumb, background) if cfg.count_source == "blobs" else 0
-        self._update_background(st, background, thumb)
+        self.last_scores = {"sdd": sdd}
+        try:
+            return self._stages(stream, st, item, thumb, background, sdd, now)
+        finally:
+            # Every frame updates the background, whichever stage decided.
+            self._update_background(st, background, thumb)
 
+    def _stages(
+        self,
+        stream: StreamKey,
+        st: _State,
+        item: Frame,
+        thumb: Image,
+        background: npt.NDArray[np.float32],
+        sdd: float,
+        now: float,
+    ) -> Verdict:
+        cfg = self.cfg
+        own = st.thresholds
         max_age = cfg.max_age_s
         if max_age is not None and st.last_pass_at is not None and now - st.last_pass_at >= max_age:
             return self._pass(st, item, thumb, now, "stale")
-        if sdd < cfg.sdd_threshold:
+        if sdd < own.get("sdd", cfg.sdd_threshold):
             return self._drop_if_empty(st, item, thumb, now, "sdd")
 
         model = st.model or self._configured.get(str(stream), self._configured.get("*"))
         snm_count: float | None = None
         if model is not None:
             p_object, snm_count = self._predict(model, thumb, item.image)
-            if p_object < cfg.snm_low:
+            self.last_scores.update(p_object=p_object, count=snm_count)
+            if p_object < own.get("snm_low", cfg.snm_low):
                 return self._drop_if_empty(st, item, thumb, now, "snm_low")
-            if p_object > cfg.snm_high:
+            if p_object > own.get("snm_high", cfg.snm_high):
                 return self._pass(st, item, thumb, now, "snm_high")
 
         if cfg.count_source == "none":
@@ -268,7 +336,8 @@ class FfsvaFilter:
                 return self._pass(st, item, thumb, now, "no_snm")
             estimate = round(snm_count)
         else:
-            estimate = blobs
+            estimate = self._blobs(thumb, background)  # before this frame updates it
+            self.last_scores["blobs"] = estimate
         if estimate >= cfg.min_count:
             return self._pass(st, item, thumb, now, "count_ok")
         if st.has_answer and st.last_count is not None and st.last_count < cfg.min_count:

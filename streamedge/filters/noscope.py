@@ -85,6 +85,7 @@ class _State:
     pending: deque[_Pending] = field(default_factory=lambda: deque(maxlen=_PENDING))
     reference: npt.NDArray[np.float32] | None = None
     reference_count: int = 0
+    threshold: float | None = None
 
 
 class NoScopeFilter:
@@ -99,6 +100,8 @@ class NoScopeFilter:
             ``unchanged``, ``empty`` drop; ``first``, ``changed``, ``no_history``,
             ``no_reference``, ``answer_changed``, ``object``, ``leaving``,
             ``stale``, ``resolution`` pass; ``not_a_frame``).
+        last_distance: The distance computed for the last checked frame (any
+            stream), ``None`` before the first; for logging and calibration.
     """
 
     name = "noscope"
@@ -107,6 +110,7 @@ class NoScopeFilter:
         self.cfg = cfg
         self.semantics = AnswerSemantics(cfg.answer)
         self.decisions: Counter[str] = Counter()
+        self.last_distance: float | None = None
         # Checked frames are t_skip apart; this many cover t_diff frames back.
         self._history_len = -(-cfg.t_diff // cfg.t_skip) + 1
         self._states: StreamTable[_State] = StreamTable(
@@ -119,7 +123,26 @@ class NoScopeFilter:
         return len(self._states)
 
     def _distance(self, a: npt.NDArray[np.generic], b: npt.NDArray[np.generic]) -> float:
-        return distance(a, b, self.cfg.metric, self.cfg.blocks)
+        self.last_distance = distance(a, b, self.cfg.metric, self.cfg.blocks)
+        return self.last_distance
+
+    def threshold(self, stream: StreamKey) -> float:
+        """The distance threshold in force for ``stream`` (its own, else the configured)."""
+        st = self._states.peek(stream)
+        if st is not None and st.threshold is not None:
+            return st.threshold
+        return self.cfg.threshold
+
+    def set_threshold(self, stream: StreamKey, threshold: float | None) -> None:
+        """Give ``stream`` its own threshold (``None``: back to the configured one).
+
+        Raises:
+            ValueError: a negative or NaN threshold.
+        """
+        if threshold is not None and not threshold >= 0:
+            msg = f"threshold must be non-negative, got {threshold}"
+            raise ValueError(msg)
+        self._states.get(stream).threshold = threshold
 
     def _decide(self, reason: str, verdict: Verdict) -> Verdict:
         self.decisions[reason] += 1
@@ -139,8 +162,10 @@ class NoScopeFilter:
         if st.shape != shape:
             if st.shape is not None:
                 logger.info("%s: resolution %s -> %s, state reset", stream, st.shape, shape)
+                own = st.threshold
                 self._states.pop(stream)
                 st = self._states.get(stream)
+                st.threshold = own  # a calibrated threshold survives a resize
                 self.decisions["resolution"] += 1
             st.shape = shape
         index = st.seen
@@ -165,7 +190,8 @@ class NoScopeFilter:
         earlier = next((c for c in reversed(st.history) if c.index <= target), None)
         if earlier is None:
             return self._pass(st, item, index, now, "no_history", thumb)
-        if self._distance(thumb, earlier.thumb) >= self.cfg.threshold:
+        threshold = self.cfg.threshold if st.threshold is None else st.threshold
+        if self._distance(thumb, earlier.thumb) >= threshold:
             return self._pass(st, item, index, now, "changed", thumb)
         if earlier.key != st.last_key:
             return self._pass(st, item, index, now, "answer_changed", thumb)
@@ -177,7 +203,8 @@ class NoScopeFilter:
     ) -> Verdict:
         if st.reference is None or st.reference_count < self.cfg.reference_min_frames:
             return self._pass(st, item, index, now, "no_reference", thumb)
-        if self._distance(thumb, st.reference) >= self.cfg.threshold:
+        threshold = self.cfg.threshold if st.threshold is None else st.threshold
+        if self._distance(thumb, st.reference) >= threshold:
             return self._pass(st, item, index, now, "object", thumb)
         if not (st.has_answer and st.last_empty):
             return self._pass(st, item, index, now, "leaving", thumb)

@@ -463,6 +463,38 @@ def test_odd_frames_and_readings() -> None:
     flt.observe(OTHER, frame(gray), result(EMPTY))  # unknown stream: ignored
 
 
+def test_per_stream_thresholds_and_last_scores() -> None:
+    flt = cascade(constant_snm(0.5, 0.0))
+    flt.set_model(OTHER, constant_snm(0.5, 0.0))
+    bg = scene()
+    person = with_boxes(bg, [SLOTS[0]])
+    flt.set_thresholds(S, snm_low=0.6)  # p = 0.5 is now "empty" for S only
+    assert flt.thresholds(S) == {"sdd": 20.0, "snm_low": 0.6, "snm_high": 0.95}
+    assert run(flt, [bg, person], EMPTY) == [PASS, DROP]
+    assert flt.decisions["snm_low"] == 1
+    assert flt.last_scores["p_object"] == pytest.approx(0.5, abs=1e-6)
+    assert flt.last_scores["sdd"] > 20.0
+    assert run(flt, [bg, person], EMPTY, stream=OTHER) == [PASS, DROP]
+    assert flt.decisions["count"] == 1  # OTHER: unsure, then the count stage
+    flt.set_thresholds(S, sdd=1e9)  # replaces S's own thresholds: snm_low back to 0.05
+    assert flt.thresholds(S)["snm_low"] == 0.05
+    assert run(flt, [with_boxes(bg, SLOTS[:3])], EMPTY) == [DROP]
+    assert flt.decisions["sdd"] == 1
+    with pytest.raises(ValueError, match="snm_low"):
+        flt.set_thresholds(S, snm_low=0.99, snm_high=0.5)
+    with pytest.raises(ValueError, match="within 0-1"):
+        flt.set_thresholds(S, snm_high=1.5)
+    with pytest.raises(ValueError, match="non-negative"):
+        flt.set_thresholds(S, sdd=-1.0)
+
+
+def test_blob_count_is_reported() -> None:
+    flt = cascade(count_source="blobs", sdd_threshold=0.0)
+    bg = scene()
+    run(flt, [bg, with_boxes(bg, SLOTS[:3])], EMPTY)
+    assert flt.last_scores["blobs"] == 3
+
+
 def test_max_age_passes_a_stale_stream() -> None:
     flt = cascade(max_age_s=3.0)
     assert run(flt, [scene()] * 7, EMPTY) == [PASS, DROP, DROP, PASS, DROP, DROP, PASS]

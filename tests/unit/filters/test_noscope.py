@@ -373,6 +373,27 @@ def test_observe_for_an_unknown_stream_is_ignored() -> None:
     assert len(flt) == 0
 
 
+def test_per_stream_threshold_and_last_distance() -> None:
+    bg = scene()
+    small = with_box(bg, 300, 220, size=48, color=(60, 60, 60))
+    flt = make(t_diff=1, threshold=100)
+    other = StreamKey("cam", "back")
+    flt.set_threshold(S, 1.0)
+    assert flt.threshold(S) == 1.0
+    assert flt.threshold(other) == 100
+    assert run(flt, [bg, small], EMPTY) == [PASS, PASS]  # 1.0 is strict
+    assert flt.last_distance is not None
+    assert 1.0 <= flt.last_distance < 100
+    assert run(flt, [bg, small], EMPTY, stream=other) == [PASS, DROP]
+    # A calibrated threshold survives a resolution change; None restores the config.
+    run(flt, [np.asarray(cv2.resize(bg, (320, 240)), np.uint8)], EMPTY)
+    assert flt.threshold(S) == 1.0
+    flt.set_threshold(S, None)
+    assert flt.threshold(S) == 100
+    with pytest.raises(ValueError, match="non-negative"):
+        flt.set_threshold(S, float("nan"))
+
+
 def test_frames_in_flight_are_not_kept_alive() -> None:
     flt = make(mode="reference")
     img = scene()
