@@ -161,9 +161,7 @@ def weights_dir() -> Path:
     """Locate ``facenet_pytorch/data`` without importing the package."""
     spec = importlib.util.find_spec("facenet_pytorch")
     if spec is None or not spec.submodule_search_locations:
-        sys.exit(
-            "facenet-pytorch is not installed: pip install --no-deps facenet-pytorch"
-        )
+        sys.exit("facenet-pytorch is not installed: pip install --no-deps facenet-pytorch")
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
@@ -281,9 +279,7 @@ def verify(name: str, path: Path, src: Path, images: list[np.ndarray]) -> float:
     """Largest absolute difference between torch and onnxruntime outputs."""
     cls, side, outputs = STAGES[name]
     net = cls()
-    net.load_state_dict(
-        torch.load(src / f"{name}.pt", map_location="cpu", weights_only=True)
-    )
+    net.load_state_dict(torch.load(src / f"{name}.pt", map_location="cpu", weights_only=True))
     net.eval()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0

@@ -32,9 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("videos", nargs="*", default=["vtest", "megamind"])
     parser.add_argument("--step", type=int, default=2, help="evaluate every n-th frame")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="onnxruntime intra-op threads"
-    )
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     args = parser.parse_args()
     detector = MtcnnDetector(intra_op_threads=args.threads)
     stream = StreamKey("bench", "video")

@@ -1,9 +1,10 @@
 """``streamedge demo``: the gateway on its embedded defaults with sample devices.
 
 It starts the embedded broker, a gateway configured by :func:`demo_config`
-(two built-in models trained on first use, two caches, filters), three
-cameras watching one scene and six sensor devices, and prints live stats
-until Ctrl-C or ``--duration``, then a summary.
+(the MTCNN face detector, two built-in models trained on first use, three
+caches, filters), a "lobby" camera playing real recorded video (vtest.avi),
+three cameras watching one generated scene, and six sensor devices, and
+prints live stats until Ctrl-C or ``--duration``, then a summary.
 """
 
 from __future__ import annotations
@@ -34,12 +35,19 @@ def demo_config(*, port: int = 1883, data_dir: Path | None = None) -> dict[str, 
         "models": [
             {"type": "builtin", "name": "tiny_presence"},
             {"type": "builtin", "name": "sensor_anomaly"},
+            {"type": "mtcnn", "name": "mtcnn"},
         ],
         "caches": [
             {
                 "name": "frames",
                 "embedder": {"type": "downscale", "size": 16},
                 "policy": {"type": "threshold", "max_distance": 0.02},
+                "store": {"max_bytes": 16 * 2**20, "ttl_s": 600},
+            },
+            {
+                "name": "lobby-frames",
+                "embedder": {"type": "downscale", "size": 32},
+                "policy": {"type": "threshold", "max_distance": 0.008},
                 "store": {"max_bytes": 16 * 2**20, "ttl_s": 600},
             },
             {
@@ -50,6 +58,13 @@ def demo_config(*, port: int = 1883, data_dir: Path | None = None) -> dict[str, 
             },
         ],
         "streams": [
+            {
+                "match": "lobby*/camera",
+                "kind": "frame",
+                "queue": {"size": 2, "on_full": "drop_oldest"},
+                "filters": [{"type": "frame_diff", "size": 50, "threshold": 4.0}],
+                "apps": [{"name": "faces", "model": "mtcnn", "cache": "lobby-frames"}],
+            },
             {
                 "match": "*/camera",
                 "kind": "frame",
@@ -76,6 +91,17 @@ def demo_config(*, port: int = 1883, data_dir: Path | None = None) -> dict[str, 
     if data_dir is not None:
         cfg["gateway"]["data_dir"] = str(data_dir)
     return cfg
+
+
+def _lobby_video() -> Path | None:
+    """vtest.avi (full if fetched, else the committed excerpt), if there is one."""
+    from streamedge.datasets import find_video
+
+    try:
+        return find_video("vtest")
+    except FileNotFoundError:
+        logger.info("no sample video found; the demo runs without the lobby camera")
+        return None
 
 
 def _fmt_ms(value: Any) -> str:
@@ -120,6 +146,15 @@ def summary(snap: JSON, pubs: dict[str, PublisherStats]) -> str:
         )
     for name, f in snap.get("filters", {}).items():
         lines.append(f"filter {name:<20} : pass {f['pass']}  drop {f['drop']}  error {f['error']}")
+    lines.append("per model                   :")
+    for name, ms in snap.get("models", {}).items():
+        lat = ms["latency_ms"]
+        ratio = ms["hit_ratio"]
+        lines.append(
+            f"  {name:<20} cache hits {ms['hits']:5d} misses {ms['misses']:5d} "
+            f"({'-' if ratio is None else format(ratio, '.0%')})  inferences {ms['calls']:5d}  "
+            f"mean {_fmt_ms(lat['mean'])} ms  p95 {_fmt_ms(lat['p95'])} ms"
+        )
     lines.append("mean latency per tier (ms)  :")
     for tier, t in snap.get("inference", {}).items():
         lat = t["latency_ms"]
@@ -191,6 +226,24 @@ async def run_demo(
             run_sensors(host="127.0.0.1", port=port, duration=pub_duration, stats=pubs["sensors"]),
             name="streamedge[demo].sensors",
         )
+        lobby: asyncio.Task[PublisherStats] | None = None
+        video = _lobby_video()
+        if video is not None:
+            pubs["lobby"] = PublisherStats()
+            lobby = tg.create_task(
+                run_cameras(
+                    host="127.0.0.1",
+                    port=port,
+                    devices=1,
+                    fps=2.0,
+                    duration=pub_duration,
+                    video=video,
+                    device_prefix="lobby",
+                    stats=pubs["lobby"],
+                ),
+                name="streamedge[demo].lobby",
+            )
+            print(f"lobby1 camera plays {video} (real video, MTCNN face detector)", file=out)
         while not stop.is_set():
             remaining = None if duration is None else duration - (time.monotonic() - started)
             if remaining is not None and remaining <= 0:
@@ -202,6 +255,8 @@ async def run_demo(
             print(stats_line(gateway.stats.snapshot()), file=out, flush=True)
         cams.cancel()
         sens.cancel()
+        if lobby is not None:
+            lobby.cancel()
         stop.set()
     snap = gateway.stats.snapshot()
     print(summary(snap, pubs), file=out, flush=True)

@@ -81,6 +81,7 @@ async def run_cameras(
     width: int = 320,
     height: int = 240,
     seed: int = 1,
+    device_prefix: str = "cam",
     stats: PublisherStats | None = None,
 ) -> PublisherStats:
     """Publish JPEG frames from ``devices`` cameras watching the same scene.
@@ -93,10 +94,11 @@ async def run_cameras(
     scene = SceneGenerator(width=width, height=height, seed=seed)
     noise = np.random.default_rng(seed + 99)
     frames = video_frames(video) if video is not None else None
-    names = [f"cam{i + 1}" for i in range(devices)]
+    names = [f"{device_prefix}{i + 1}" for i in range(devices)]
     period = 1.0 / fps
     deadline = None if duration is None else time.monotonic() + duration
-    async with aiomqtt.Client(host, port, identifier=f"sample-cameras-{seed}") as client:
+    ident = f"sample-{device_prefix}-{seed}"
+    async with aiomqtt.Client(host, port, identifier=ident) as client:
         next_at = time.monotonic()
         while deadline is None or time.monotonic() < deadline:
             if frames is not None:

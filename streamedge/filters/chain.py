@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Sequence
 
@@ -12,23 +13,23 @@ from streamedge.records import InferenceResult, Item, StreamKey, Verdict
 logger = logging.getLogger(__name__)
 
 
+_BUILTINS = {
+    "deadband": "streamedge.filters.sensor:DeadbandFilter",
+    "duplicate": "streamedge.filters.sensor:DuplicateFilter",
+    "rate": "streamedge.filters.sensor:RateFilter",
+    "frame_diff": "streamedge.filters.frame_diff:FrameDiffFilter",
+    "noscope": "streamedge.filters.noscope:NoScopeFilter",
+    "reducto": "streamedge.filters.reducto:ReductoFilter",
+    "ffsva": "streamedge.filters.ffsva:FfsvaFilter",
+}
+
+
 def build_filter(cfg: FilterConfig, *, max_streams: int) -> Filter:
-    """Construct the filter a config entry names (imports only what it needs)."""
-    if cfg.type == "deadband":
-        from streamedge.filters.sensor import DeadbandFilter
-
-        return DeadbandFilter(cfg, max_streams=max_streams)
-    if cfg.type == "duplicate":
-        from streamedge.filters.sensor import DuplicateFilter
-
-        return DuplicateFilter(cfg, max_streams=max_streams)
-    if cfg.type == "rate":
-        from streamedge.filters.sensor import RateFilter
-
-        return RateFilter(cfg, max_streams=max_streams)
-    from streamedge.filters.frame_diff import FrameDiffFilter
-
-    return FrameDiffFilter(cfg, max_streams=max_streams)
+    """Construct the filter a config entry names, importing only its module."""
+    module_name, _, attr = _BUILTINS[cfg.type].partition(":")
+    cls = getattr(importlib.import_module(module_name), attr)
+    flt: Filter = cls(cfg, max_streams=max_streams)
+    return flt
 
 
 class FilterChain:

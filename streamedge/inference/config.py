@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from streamedge.confbase import Model, RelPath
+from streamedge.models.config import MtcnnModelConfig
 
 
 class OnnxClassifierConfig(Model):
@@ -42,7 +43,9 @@ class BuiltinModelConfig(Model):
     intra_op_threads: int = Field(1, ge=0, description="onnxruntime threads per run (0 = all).")
 
 
-ModelConfig = Annotated[OnnxClassifierConfig | BuiltinModelConfig, Field(discriminator="type")]
+ModelConfig = Annotated[
+    OnnxClassifierConfig | BuiltinModelConfig | MtcnnModelConfig, Field(discriminator="type")
+]
 
 
 class LocalTierConfig(Model):

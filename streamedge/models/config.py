@@ -20,12 +20,8 @@ class MtcnnModelConfig(Model):
     """
 
     type: Literal["mtcnn"] = "mtcnn"
-    name: str = Field(
-        "mtcnn", min_length=1, description="Model name in answers and caches."
-    )
-    version: str = Field(
-        "1", min_length=1, description="Bump it to invalidate cached answers."
-    )
+    name: str = Field("mtcnn", min_length=1, description="Model name in answers and caches.")
+    version: str = Field("1", min_length=1, description="Bump it to invalidate cached answers.")
     thresholds: tuple[Probability, Probability, Probability] = Field(
         (0.6, 0.7, 0.7),
         description="Smallest face probability kept by PNet, RNet and ONet.",

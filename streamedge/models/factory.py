@@ -8,6 +8,7 @@ from pathlib import Path
 from streamedge.inference.config import BuiltinModelConfig, ModelConfig, OnnxClassifierConfig
 from streamedge.models.builtin import SPECS, ensure_builtin
 from streamedge.models.classifier import OnnxClassifier
+from streamedge.models.config import MtcnnModelConfig
 from streamedge.protocols import Model
 from streamedge.records import ModelRef
 
@@ -33,6 +34,8 @@ def model_info(cfg: ModelConfig) -> ModelInfo:
             spec.window_fields,
             spec.window_size,
         )
+    if isinstance(cfg, MtcnnModelConfig):
+        return ModelInfo(ModelRef(cfg.name, cfg.version), "frame")
     return ModelInfo(ModelRef(cfg.name, cfg.version), cfg.input)
 
 
@@ -50,7 +53,11 @@ def build_model(cfg: ModelConfig, *, data_dir: Path) -> Model:
             labels=spec.labels,
             intra_op_threads=cfg.intra_op_threads,
         )
-    assert isinstance(cfg, OnnxClassifierConfig)  # noqa: S101  # the union has two members
+    if isinstance(cfg, MtcnnModelConfig):
+        from streamedge.models.mtcnn import build_mtcnn  # lazy: cv2 + three ORT sessions
+
+        return build_mtcnn(cfg)
+    assert isinstance(cfg, OnnxClassifierConfig)  # noqa: S101  # the union's last member
     return OnnxClassifier(
         ref=info.ref,
         path=cfg.path,

@@ -214,12 +214,8 @@ def _areas(boxes: FloatArray) -> FloatArray:
 def _overlap(
     box: FloatArray, area: float, others: FloatArray, areas: FloatArray, mode: NmsMode
 ) -> FloatArray:
-    iw = np.maximum(
-        np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0
-    )
-    ih = np.maximum(
-        np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0
-    )
+    iw = np.maximum(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0)
+    ih = np.maximum(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0)
     inter = iw * ih
     denom = areas + area - inter if mode == "union" else np.minimum(areas, area)
     # Empty boxes have denominator 0: they overlap nothing.
@@ -241,9 +237,7 @@ def iou(box: FloatArray, others: FloatArray, mode: NmsMode = "union") -> FloatAr
         ``(n,)`` overlaps in ``[0, 1]`` (0 for empty boxes).
     """
     area = float(_areas(box[None, :4])[0])
-    return _overlap(box, area, others, _areas(others), mode).astype(
-        np.float32, copy=False
-    )
+    return _overlap(box, area, others, _areas(others), mode).astype(np.float32, copy=False)
 
 
 def nms(boxes: FloatArray, threshold: float, mode: NmsMode = "union") -> IndexArray:
@@ -274,9 +268,7 @@ def nms(boxes: FloatArray, threshold: float, mode: NmsMode = "union") -> IndexAr
         rest = alive[1:]
         if not rest.size:
             break
-        overlap = _overlap(
-            ranked[best], float(areas[best]), ranked[rest], areas[rest], mode
-        )
+        overlap = _overlap(ranked[best], float(areas[best]), ranked[rest], areas[rest], mode)
         alive = rest[overlap <= threshold]
     return order[np.asarray(keep, dtype=np.int64)].astype(np.int64, copy=False)
 
@@ -381,12 +373,7 @@ def _keep_valid(boxes: FloatArray, height: int, width: int) -> FloatArray:
     # yield empty crops.
     w = boxes[:, 2] - boxes[:, 0]
     h = boxes[:, 3] - boxes[:, 1]
-    inside = (
-        (boxes[:, 2] > 0)
-        & (boxes[:, 3] > 0)
-        & (boxes[:, 0] < width)
-        & (boxes[:, 1] < height)
-    )
+    inside = (boxes[:, 2] > 0) & (boxes[:, 3] > 0) & (boxes[:, 0] < width) & (boxes[:, 1] < height)
     return boxes[(w >= 1) & (h >= 1) & inside]
 
 
@@ -571,9 +558,7 @@ class MtcnnDetector:
 
     # -- the cascade --------------------------------------------------------
 
-    def detect(
-        self, image: Image, *, pnet_runner: PNetRunner | None = None
-    ) -> Detections:
+    def detect(self, image: Image, *, pnet_runner: PNetRunner | None = None) -> Detections:
         """Run the full cascade on one BGR uint8 ``(H, W, 3)`` image.
 
         Args:
@@ -587,9 +572,7 @@ class MtcnnDetector:
             InferenceError: the image has the wrong shape or type, or a network failed.
         """
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            msg = (
-                f"mtcnn needs an (H, W, 3) uint8 image, got {image.dtype} {image.shape}"
-            )
+            msg = f"mtcnn needs an (H, W, 3) uint8 image, got {image.dtype} {image.shape}"
             raise InferenceError(msg)
         rgb = self._cv2.cvtColor(image, self._cv2.COLOR_BGR2RGB)
         height, width = rgb.shape[:2]
@@ -614,34 +597,24 @@ class MtcnnDetector:
         # to area averaging straight from the frame, unlike chaining every
         # level from the previous one, which blurs the small levels.
         halves = [rgb]
-        for scale in pyramid_scales(
-            height, width, min_face=self.min_face, factor=self.factor
-        ):
+        for scale in pyramid_scales(height, width, min_face=self.min_face, factor=self.factor):
             sh, sw = scaled_size(height, width, scale)
             while scale * 2 ** len(halves) <= 1.0 and min(halves[-1].shape[:2]) >= 2:
                 last = halves[-1]
                 half = (last.shape[1] // 2, last.shape[0] // 2)
-                halves.append(
-                    self._cv2.resize(last, half, interpolation=self._cv2.INTER_AREA)
-                )
+                halves.append(self._cv2.resize(last, half, interpolation=self._cv2.INTER_AREA))
             source = halves[-1]
-            resized = self._cv2.resize(
-                source, (sw, sh), interpolation=self._cv2.INTER_AREA
-            )
+            resized = self._cv2.resize(source, (sw, sh), interpolation=self._cv2.INTER_AREA)
             levels.append((normalise(resized), (sw / width, sh / height)))
         return levels
 
-    def propose(
-        self, rgb: Image, *, pnet_runner: PNetRunner | None = None
-    ) -> FloatArray:
+    def propose(self, rgb: Image, *, pnet_runner: PNetRunner | None = None) -> FloatArray:
         """Stage 1: PNet over the pyramid; returns squared ``(n, 5)`` boxes."""
         runner = pnet_runner or self.pnet_runner
         per_scale = []
         for level, (x, scale_xy) in enumerate(self.scaled_inputs(rgb)):
             reg, prob = runner(x, level)
-            cands = pnet_candidates(
-                reg, prob, scale_xy=scale_xy, threshold=self.thresholds[0]
-            )
+            cands = pnet_candidates(reg, prob, scale_xy=scale_xy, threshold=self.thresholds[0])
             if cands.shape[0]:
                 per_scale.append(cands[nms(cands, PNET_SCALE_NMS)])
         if not per_scale:
@@ -708,9 +681,7 @@ class MtcnnDetector:
 
     # -- features for embedders --------------------------------------------
 
-    def pnet_embedding(
-        self, image: Image, *, width: int = 128, grid: int = 4
-    ) -> Vector:
+    def pnet_embedding(self, image: Image, *, width: int = 128, grid: int = 4) -> Vector:
         """A cheap whole-frame feature vector from PNet's last hidden layer.
 
         The frame is shrunk to ``width`` pixels (keeping its aspect), PNet's
@@ -727,18 +698,16 @@ class MtcnnDetector:
             ``(grid * grid * 32,)`` float32, not normalised.
         """
         height = max(CELL, round(image.shape[0] * width / image.shape[1]))
-        small = self._cv2.resize(
-            image, (width, height), interpolation=self._cv2.INTER_AREA
-        )
+        small = self._cv2.resize(image, (width, height), interpolation=self._cv2.INTER_AREA)
         rgb = self._cv2.cvtColor(small, self._cv2.COLOR_BGR2RGB)
         (feats,) = self.pnet_session.run(["features"], {"input": normalise(rgb)})
         fmap = feats[0]  # (32, mh, mw)
         ys = np.linspace(0, fmap.shape[1], grid + 1).round().astype(int)
         xs = np.linspace(0, fmap.shape[2], grid + 1).round().astype(int)
         cells = [
-            fmap[
-                :, ys[i] : max(ys[i + 1], ys[i] + 1), xs[j] : max(xs[j + 1], xs[j] + 1)
-            ].mean(axis=(1, 2))
+            fmap[:, ys[i] : max(ys[i + 1], ys[i] + 1), xs[j] : max(xs[j + 1], xs[j] + 1)].mean(
+                axis=(1, 2)
+            )
             for i in range(grid)
             for j in range(grid)
         ]

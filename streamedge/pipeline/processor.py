@@ -311,6 +311,7 @@ class Processor:
                 hit=hit is not None,
                 stream=skey,
                 saved_s=hit.entry.cost_s if hit is not None else 0.0,
+                model=str(app.info.ref),
             )
             if hit is not None:
                 if isinstance(item, Frame):
@@ -335,10 +336,14 @@ class Processor:
             else:
                 result = await self._infer(request)
         except InferenceError:
-            self._stats.inference("all", time.perf_counter() - start, ok=False, stream=skey)
+            self._stats.inference(
+                "all", time.perf_counter() - start, ok=False, stream=skey, model=str(app.info.ref)
+            )
             raise
         timer.add("infer", time.perf_counter() - start)
-        self._stats.inference(str(result.tier), result.latency_s, ok=True, stream=skey)
+        self._stats.inference(
+            str(result.tier), result.latency_s, ok=True, stream=skey, model=str(result.model)
+        )
         if cache is not None and query is not None:
             try:
                 await cache.put(query, result, origin=skey)

@@ -123,6 +123,17 @@ class TierStats:
     latency: Histogram = field(default_factory=Histogram)
 
 
+@dataclass(slots=True)
+class ModelStats:
+    """Per-model counts: where its answers came from and what inference cost."""
+
+    hits: int = 0
+    misses: int = 0
+    calls: int = 0
+    failures: int = 0
+    latency: Histogram = field(default_factory=Histogram)
+
+
 def ratio(num: int, den: int) -> float | None:
     """num/den rounded, or None when there is nothing to divide."""
     return round(num / den, 4) if den else None
@@ -158,6 +169,7 @@ class Stats:
         self.filters: dict[str, dict[str, int]] = {}
         self.cache: dict[str, dict[str, int]] = {}
         self.tiers: dict[str, TierStats] = {}
+        self.models: dict[str, ModelStats] = {}
         self.answers_by_tier: dict[str, int] = {}
         self.stages: dict[str, Histogram] = {}
         self.end_to_end = Histogram()
@@ -227,10 +239,29 @@ class Stats:
         per = self.filters.setdefault(name, {"pass": 0, "drop": 0, "error": 0})
         per[verdict] = per.get(verdict, 0) + 1
 
+    def _model(self, model: str | None) -> ModelStats | None:
+        if model is None:
+            return None
+        ms = self.models.get(model)
+        if ms is None:
+            ms = self.models[model] = ModelStats()
+        return ms
+
     def cache_result(
-        self, level: str, *, hit: bool, stream: str | None = None, saved_s: float = 0.0
+        self,
+        level: str,
+        *,
+        hit: bool,
+        stream: str | None = None,
+        saved_s: float = 0.0,
+        model: str | None = None,
     ) -> None:
         """A cache lookup at a level (layer / application / device)."""
+        if (ms := self._model(model)) is not None:
+            if hit:
+                ms.hits += 1
+            else:
+                ms.misses += 1
         per = self.cache.setdefault(level, {"hits": 0, "misses": 0})
         per["hits" if hit else "misses"] += 1
         self._recent.add(f"{level}.{'hit' if hit else 'miss'}")
@@ -242,8 +273,22 @@ class Stats:
             else:
                 sc.misses += 1
 
-    def inference(self, tier: str, seconds: float, *, ok: bool, stream: str | None = None) -> None:
+    def inference(
+        self,
+        tier: str,
+        seconds: float,
+        *,
+        ok: bool,
+        stream: str | None = None,
+        model: str | None = None,
+    ) -> None:
         """One call to an inference tier."""
+        if (ms := self._model(model)) is not None:
+            ms.calls += 1
+            if ok:
+                ms.latency.observe(seconds)
+            else:
+                ms.failures += 1
         ts = self.tiers.setdefault(tier, TierStats())
         ts.calls += 1
         if ok:
@@ -311,6 +356,17 @@ class Stats:
                     "latency_ms": ts.latency.summary_ms(),
                 }
                 for tier, ts in self.tiers.items()
+            },
+            "models": {
+                name: {
+                    "hits": ms.hits,
+                    "misses": ms.misses,
+                    "hit_ratio": ratio(ms.hits, ms.hits + ms.misses),
+                    "calls": ms.calls,
+                    "failures": ms.failures,
+                    "latency_ms": ms.latency.summary_ms(),
+                }
+                for name, ms in sorted(self.models.items())
             },
             "latency_ms": {
                 "end_to_end": self.end_to_end.summary_ms(),

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ from streamedge.filters.chain import FilterChain, build_filter
 from streamedge.filters.config import (
     DeadbandFilterConfig,
     DuplicateFilterConfig,
+    FilterConfig,
     FrameDiffFilterConfig,
     RateFilterConfig,
 )
@@ -121,14 +124,14 @@ def test_chain_fails_open_and_reports_which_filter_dropped() -> None:
     assert chain.first_drop(A, reading(t=1), 1) == ("duplicate", ["exploding"])
 
 
-def test_build_filter_covers_every_type() -> None:
-    for cfg in (
-        DeadbandFilterConfig(),
-        DuplicateFilterConfig(),
-        RateFilterConfig(),
-        FrameDiffFilterConfig(),
-    ):
-        assert build_filter(cfg, max_streams=10).name == cfg.type
+def test_build_filter_covers_every_configurable_type() -> None:
+    union = get_args(get_args(FilterConfig)[0])
+    assert len(union) >= 7
+    for cls in union:
+        cfg = cls()
+        flt = build_filter(cfg, max_streams=10)
+        assert flt.name == cfg.type
+        assert type(flt).__name__.lower().startswith(cfg.type.replace("_", "")[:5])
 
 
 def test_stream_states_are_bounded() -> None:

@@ -61,9 +61,7 @@ def test_detector_satisfies_model_protocol(detector: MtcnnDetector) -> None:
     assert model.ref == ModelRef("mtcnn", "1")
 
 
-def test_finds_the_single_face_of_the_astronaut(
-    detector: MtcnnDetector, astronaut: Image
-) -> None:
+def test_finds_the_single_face_of_the_astronaut(detector: MtcnnDetector, astronaut: Image) -> None:
     found = detector.detect(astronaut)
     assert found.count == 1
     assert iou(ASTRONAUT_FACE, found.boxes)[0] >= 0.5
@@ -130,9 +128,7 @@ def test_excerpt_frames_give_well_formed_answers(detector: MtcnnDetector) -> Non
 
 
 def test_wrong_inputs_raise_inference_error(detector: MtcnnDetector) -> None:
-    window = Window(
-        stream=STREAM, ts=0.0, fields=("t",), values=np.zeros((4, 1), dtype=np.float32)
-    )
+    window = Window(stream=STREAM, ts=0.0, fields=("t",), values=np.zeros((4, 1), dtype=np.float32))
     with pytest.raises(InferenceError, match="frames"):
         detector.predict(window)
     with pytest.raises(InferenceError, match="uint8"):
@@ -183,9 +179,7 @@ def test_missing_model_file_is_a_config_error(tmp_path: Path) -> None:
         MtcnnDetector(rnet_path=bad)
 
 
-def test_thresholds_change_what_is_kept(
-    detector: MtcnnDetector, astronaut: Image
-) -> None:
+def test_thresholds_change_what_is_kept(detector: MtcnnDetector, astronaut: Image) -> None:
     strict = MtcnnDetector(thresholds=(0.6, 0.7, 0.99999999))
     default = detector.detect(astronaut)
     assert default.count == 1

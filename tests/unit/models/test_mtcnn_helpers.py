@@ -79,9 +79,7 @@ def test_regress_moves_each_edge_by_offset_times_size() -> None:
 
 def test_square_keeps_centre_and_takes_longer_side() -> None:
     out = square(boxes((10, 20, 30, 60, 0.8), (0, 0, 10, 4, 0.3)))
-    np.testing.assert_allclose(
-        out, [[0, 20, 40, 60, 0.8], [0, -3, 10, 7, 0.3]], rtol=1e-6
-    )
+    np.testing.assert_allclose(out, [[0, 20, 40, 60, 0.8], [0, -3, 10, 7, 0.3]], rtol=1e-6)
 
 
 def test_snap_rounds_and_keeps_one_pixel() -> None:
@@ -132,9 +130,7 @@ def test_pnet_candidates_map_cells_to_image_boxes() -> None:
     out = pnet_candidates(reg, prob, scale_xy=(0.5, 0.25), threshold=0.6)
     # Window [2*2, 2*2+12) x [2*1, 2*1+12) in the scaled image, divided by
     # the scale per axis.
-    np.testing.assert_allclose(
-        out, [[8, 8, 32, 56, 0.9, 0.1, 0.2, 0.3, 0.4]], rtol=1e-6
-    )
+    np.testing.assert_allclose(out, [[8, 8, 32, 56, 0.9, 0.1, 0.2, 0.3, 0.4]], rtol=1e-6)
 
 
 def test_importing_the_model_modules_loads_no_heavy_library() -> None:
