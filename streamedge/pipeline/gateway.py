@@ -18,39 +18,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 from streamedge import __version__
 from streamedge.brokers.embedded import EmbeddedBroker
 from streamedge.caches.cache import ApproximateCache, build_cache, build_embedder
 from streamedge.config import StreamedgeConfig
 from streamedge.decoders.payloads import PayloadDecoder
-from streamedge.errors import ConfigError, PublishError
+from streamedge.errors import ConfigError
 from streamedge.filters.chain import FilterChain, build_filter
 from streamedge.gateways.mqtt import MqttTransport, Subscription
-from streamedge.inference.local import LocalBackend
+from streamedge.inference.factory import build_router
 from streamedge.inference.router import TierRouter
 from streamedge.models.factory import ModelInfo, build_model, model_info
 from streamedge.pipeline.processor import AppRuntime, Outcome, Processor, RuleRuntime
 from streamedge.pipeline.shards import Shard, ShardSet
-from streamedge.protocols import InferenceBackend, Model
+from streamedge.protocols import Model
 from streamedge.records import (
     JSON,
     Clock,
     Inbound,
     ModelRef,
-    OutboundMessage,
     RawMessage,
     StreamKey,
 )
 from streamedge.stats.metrics import Stats
+from streamedge.stats.publisher import StatsPublisher
 from streamedge.topics import TopicScheme
 
 logger = logging.getLogger(__name__)
@@ -99,6 +97,9 @@ class Gateway:
             on_lost=self._lost_before_delivery,
             mqtt311_only=self.embedded,  # amqtt 0.12 speaks 3.1.1 only
         )
+        self.stats_publisher = StatsPublisher(
+            self.stats, cfg.stats, transport=self.transport, topics=self.topics
+        )
         self.shards = ShardSet(
             cfg.pipeline.shards, max_bytes=cfg.pipeline.max_queued_bytes, on_drop=self._queue_drop
         )
@@ -132,10 +133,7 @@ class Gateway:
             model = await asyncio.to_thread(build_model, mcfg, data_dir=self._data_dir())
             self.models[model.ref] = model
             logger.info("loaded model %s in %.2f s", model.ref, time.perf_counter() - start)
-        backends: list[InferenceBackend] = [
-            LocalBackend(self.models, tier) for tier in cfg.inference.tiers
-        ]
-        self.router = TierRouter(backends)
+        self.router = build_router(cfg.inference, self.models)
         caches_by_name = {c.name: c for c in cfg.caches}
         for index, rule in enumerate(cfg.streams):
             window_fields = (
@@ -223,7 +221,7 @@ class Gateway:
                     for shard in self.shards.shards
                 ]
                 stats_task = tg.create_task(
-                    self._stats_loop(), name=f"streamedge[{self.name}].stats"
+                    self.stats_publisher.run(), name=f"streamedge[{self.name}].stats"
                 )
                 self._accepting = True
                 waiter = tg.create_task(
@@ -261,7 +259,7 @@ class Gateway:
         for shard in self.shards.shards:
             for raw in shard.drain_all():
                 self.stats.dropped("shutdown", str(raw.stream))
-        await self._publish_stats()
+        await self.stats_publisher.publish()
         await self.transport.close(graceful=True)
         logger.info(
             "stopped: %d in, %d answered, %d filtered, %d dropped",
@@ -296,7 +294,7 @@ class Gateway:
     async def _deliver(self, msg: Inbound) -> None:
         """Route one inbound message: device input, stats request, or unknown."""
         if msg.topic == self.topics.stats_get:
-            await self._answer_stats_request(msg)
+            await self.stats_publisher.answer(msg)
             return
         if not msg.topic.startswith(self.topics.input_root):
             # Not device input: a broker sent something we did not subscribe to
@@ -394,53 +392,3 @@ class Gateway:
             "lost_outgoing": t.lost_outgoing,
             "stray_messages": self.strays,
         }
-
-    async def _publish_stats(self) -> None:
-        body = json.dumps(self.stats.snapshot(), separators=(",", ":")).encode()
-        try:
-            await self.transport.publish_now(
-                OutboundMessage(topic=self.topics.stats, payload=body, qos=0, retain=True)
-            )
-        except PublishError as exc:
-            logger.debug("stats not published: %s", exc)
-
-    async def _stats_loop(self) -> None:
-        interval = self.cfg.stats.interval_s
-        while True:
-            await asyncio.sleep(min(interval, 2.0) if self.stats.messages_in == 0 else interval)
-            await self._publish_stats()
-
-    async def _answer_stats_request(self, msg: Inbound) -> None:
-        """Answer ``<prefix>/stats/get`` (MQTT 5 Response Topic, or ``reply_to``)."""
-        request: dict[str, Any] = {}
-        if msg.payload.strip():
-            try:
-                loaded = json.loads(msg.payload)
-                if isinstance(loaded, dict):
-                    request = loaded
-            except ValueError:
-                logger.warning("stats request with a malformed payload ignored")
-                return
-        reply_to = msg.reply_to or request.get("reply_to")
-        if not isinstance(reply_to, str) or not reply_to or "#" in reply_to or "+" in reply_to:
-            logger.warning("stats request without a usable reply_to / Response Topic ignored")
-            return
-        device = request.get("device")
-        stream = request.get("stream")
-        doc = self.stats.snapshot(
-            device=device if isinstance(device, str) else None,
-            stream=stream if isinstance(stream, str) else None,
-        )
-        if "correlation" in request:
-            doc["correlation"] = request["correlation"]
-        try:
-            await self.transport.publish(
-                OutboundMessage(
-                    topic=reply_to,
-                    payload=json.dumps(doc, separators=(",", ":")).encode(),
-                    qos=0,
-                    correlation=msg.correlation,
-                )
-            )
-        except PublishError as exc:
-            logger.warning("stats answer not queued: %s", exc)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from streamedge import __version__
-from streamedge.cli import format_stats, main
+from streamedge.cli import main
+from streamedge.commands.stats import format_stats
 from tests.conftest import ROOT, free_port
 
 
