@@ -45,6 +45,7 @@ class GatewayConfig(Model):
     data_dir: RelPath = Field(
         default_factory=_default_data_dir,
         description="Where built models and cache snapshots are kept.",
+        json_schema_extra={"explain_default": "$XDG_STATE_HOME/streamedge (~/.local/state)"},
     )
 
 
@@ -322,7 +323,10 @@ def _is_section(annotation: object) -> bool:
 def _walk(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, str, str, str]]:
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
-        if field.is_required():
+        extra = field.json_schema_extra
+        if isinstance(extra, dict) and isinstance(extra.get("explain_default"), str):
+            default = str(extra["explain_default"])
+        elif field.is_required():
             default = "(required)"
         elif _is_section(field.annotation):
             default = ""

@@ -166,3 +166,10 @@ def test_explain_documents_every_top_level_and_nested_key() -> None:
         and (i + 1 >= len(lines) or not lines[i + 1].startswith("    "))
     ]
     assert undocumented == []
+
+
+def test_generated_reference_in_docs_is_current() -> None:
+    from tests.conftest import ROOT
+
+    doc = (ROOT / "docs" / "config-reference.md").read_text()
+    assert explain() in doc, "regenerate docs/config-reference.md with check-config --explain"
