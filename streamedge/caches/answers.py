@@ -27,8 +27,12 @@ from streamedge.records import JSON
 __all__ = ["answer_key", "answers_agree"]
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+"""Built once: ``json.dumps`` with non-default options builds an encoder per call."""
+
+
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 def answer_key(answer: JSON, field: str | None = None) -> str:

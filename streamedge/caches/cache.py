@@ -7,10 +7,13 @@ feeding it are reused across devices (FoggyCache, Cachier).
 
 Lookups: the index returns the policy's ``k`` nearest ids with squared L2
 distances; the cache converts them to RMS per dimension (``sqrt(d2 / dim)``),
-drops expired or evicted entries, and lets the policy decide. A lookup whose
-searches have recently taken longer than ``inline_budget_s`` runs the search
-in a worker thread so the event loop keeps moving (numpy and faiss release
-the GIL).
+drops expired or evicted entries, and lets the policy decide. Searches
+and inserts run inline while their moving-average duration stays under
+``inline_budget_s``; past it they run in a worker thread (under the cache's
+lock, so index and store still see one writer), which keeps the event loop
+moving through brute-force scans of large caches and through the occasional
+rebuild (HNSW compaction, IVF retraining, A-LSH rehash). numpy and faiss
+release the GIL.
 
 Accuracy: the pipeline re-checks a sample of hits (:meth:`ApproximateCache.should_recheck`)
 with the model and reports the answer with :meth:`ApproximateCache.record_recheck`;
@@ -164,6 +167,7 @@ class ApproximateCache:
         self._wall_clock = wall_clock
         self._inline_budget_s = inline_budget_s
         self._search_s = 0.0
+        self._insert_s = 0.0
         self._rng = random.Random(seed)
         self._lock = asyncio.Lock()
         self._index_bytes = int(getattr(index, "bytes_per_entry", 4 * index.dim + 64))
@@ -223,11 +227,13 @@ class ApproximateCache:
 
     def _neighbours(self, dist: Vector, ids: np.ndarray) -> list[Neighbour]:
         dim = self.embedder.dim
+        now = self._clock()
+        get = self._store.get
         out: list[Neighbour] = []
         for d2, ident in zip(dist[0].tolist(), ids[0].tolist(), strict=True):
             if ident < 0:
                 break
-            entry = self._store.get(int(ident))
+            entry = get(ident, now=now)
             if entry is None:
                 continue  # expired, or evicted between search and now
             out.append(Neighbour(entry=entry, distance=math.sqrt(max(d2, 0.0) / dim)))
@@ -309,7 +315,13 @@ class ApproximateCache:
                 origin=origin,
                 confidence=result.confidence,
             )
-            self._insert([StoredEntry(entry=entry, hits=0)])
+            items = [StoredEntry(entry=entry, hits=0)]
+            start = time.perf_counter()
+            if self._insert_s <= self._inline_budget_s:
+                self._insert(items)
+            else:
+                await asyncio.to_thread(self._insert, items)
+            self._insert_s += _EWMA * (time.perf_counter() - start - self._insert_s)
             self.puts += 1
 
     def _make_entry(
@@ -419,6 +431,16 @@ class ApproximateCache:
         )
 
     # ------------------------------------------------------------------ snapshots
+    def snapshot_file(self, data_dir: Path) -> Path:
+        """Where this namespace's snapshot lives under the gateway's ``data_dir``.
+
+        One cache profile serves one namespace per (model, embedder), so the
+        file name is the namespace made filename-safe plus a short digest of it.
+        """
+        safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in self.namespace)
+        digest = hashlib.blake2b(self.namespace.encode(), digest_size=4).hexdigest()
+        return data_dir / "caches" / f"{safe}-{digest}.snap"
+
     async def snapshot(self, path: Path) -> int:
         """Write every fresh entry to ``path`` atomically; return the entry count.
 
@@ -515,7 +537,8 @@ class ApproximateCache:
                     confidence=rec.confidence,
                 )
                 items.append(StoredEntry(entry=entry, hits=rec.hits))
-            restored = self._insert(items)
+            # Bulk index insertion (training, graph building) can take seconds.
+            restored = await asyncio.to_thread(self._insert, items)
         logger.info(
             "cache %s: restored %d entries from %s (%d of other model versions, %d expired)",
             self.namespace,

@@ -120,6 +120,7 @@ class _TombstoneIndex:
         self._ext = np.full(1024, -1, dtype=np.int64)
         self._bitmap = np.zeros(1024 // 8, dtype=np.uint8)
         self._selector: Any = None
+        self._params: dict[bool, Any] = {}  # with/without selector; built once (SWIG is slow)
         self._tombstones = 0
         self.rebuilds = 0
         with _mapped("index construction"):
@@ -156,6 +157,7 @@ class _TombstoneIndex:
         bitmap[: len(self._bitmap)] = self._bitmap
         self._ext, self._bitmap = ext, bitmap
         self._selector = None  # it points at the old bitmap
+        self._params.pop(True, None)
 
     def _set_bits(self, labels: np.ndarray, *, live: bool) -> None:
         if not len(labels):
@@ -241,14 +243,14 @@ class _TombstoneIndex:
         k = check_k(k)
         if not self._label:
             return empty_result(len(queries), k)
-        selector = None
-        if self._tombstones:
-            if self._selector is None:
-                with _mapped("selector"):
+        filtered = self._tombstones > 0
+        if filtered not in self._params:
+            with _mapped("search parameters"):
+                if filtered and self._selector is None:
                     self._selector = self._faiss.IDSelectorBitmap(self._bitmap)
-            selector = self._selector
+                self._params[filtered] = self._search_params(self._selector if filtered else None)
         with _mapped(f"{self._plugin} search"):
-            dist, labels = self._index.search(queries, k, params=self._search_params(selector))
+            dist, labels = self._index.search(queries, k, params=self._params[filtered])
         dist, labels = _fix_padding(dist, labels)
         found = labels >= 0
         labels[found] = self._ext[labels[found]]
@@ -312,8 +314,18 @@ class FaissHnswIndex(_TombstoneIndex):
     def __init__(self, dim: int, cfg: HnswIndexConfig) -> None:
         self._m = cfg.m
         self._ef_construction = cfg.ef_construction
-        self.ef_search = cfg.ef_search
+        self._ef_search = cfg.ef_search
         super().__init__(dim, cfg.rebuild_fraction, cfg.threads)
+
+    @property
+    def ef_search(self) -> int:
+        """Candidate list size while searching (recall against speed)."""
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self._ef_search = int(value)
+        self._params.clear()
 
     def _new_index(self) -> Any:
         index = self._faiss.IndexHNSWFlat(self.dim, self._m)

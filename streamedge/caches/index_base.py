@@ -36,6 +36,16 @@ def as_vectors(vectors: object, dim: int) -> Vector:
     Raises:
         CacheError: the shape is not ``(dim,)`` or ``(n, dim)``.
     """
+    if (
+        isinstance(vectors, np.ndarray)
+        and vectors.dtype == np.float32
+        and vectors.ndim == 2
+        and vectors.shape[1] == dim
+        and vectors.flags.c_contiguous
+    ):
+        if not np.isfinite(vectors).all():
+            raise CacheError("vectors contain NaN or infinity")
+        return vectors  # the common case: nothing to convert
     given = np.asarray(vectors)
     arr = given[None, :] if given.ndim == 1 else given
     if arr.ndim != 2 or arr.shape[1] != dim:

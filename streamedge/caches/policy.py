@@ -30,6 +30,9 @@ from streamedge.records import CacheEntry, CacheHit, CacheQuery, Neighbour
 if TYPE_CHECKING:
     from streamedge.caches.config import HknnPolicyConfig, ThresholdPolicyConfig
 
+_MEMO_MAX = 65536
+"""Answer keys remembered per policy (about 100 bytes each)."""
+
 __all__ = [
     "AdjustablePolicy",
     "HknnPolicy",
@@ -81,6 +84,7 @@ def vote(
     max_distance: float,
     answer_field: str | None,
     weighting: str = "uniform",
+    memo: dict[int, str] | None = None,
 ) -> Vote | None:
     """Let the neighbours within ``max_distance`` vote for their answers.
 
@@ -91,6 +95,8 @@ def vote(
         weighting: ``uniform`` (one vote each) or ``inverse_distance``
             (``1 / (d + ε)`` with ``ε`` 5 % of ``max_distance``, so an exact
             duplicate does not get an infinite vote).
+        memo: Answer keys by entry id, filled as a side effect (entries are
+            immutable and ids are not reused, so a key never goes stale).
 
     Returns:
         The vote, or ``None`` when no neighbour is within the bound.
@@ -103,7 +109,13 @@ def vote(
     for nb in neighbours:
         if nb.distance > max_distance:
             break
-        key = answer_key(nb.entry.answer, answer_field)
+        cached = None if memo is None else memo.get(nb.entry.id)
+        if cached is None:
+            key = answer_key(nb.entry.answer, answer_field)
+            if memo is not None:
+                memo[nb.entry.id] = key
+        else:
+            key = cached
         w = 1.0 if weighting == "uniform" else 1.0 / (nb.distance + eps)
         weights[key] = weights.get(key, 0.0) + w
         first.setdefault(key, nb)
@@ -209,6 +221,7 @@ class HknnPolicy:
         self.min_votes = cfg.min_votes
         self.weighting = cfg.weighting
         self.answer_field = answer_key
+        self._memo: dict[int, str] = {}
 
     @property
     def thresholds(self) -> Thresholds:
@@ -230,11 +243,14 @@ class HknnPolicy:
 
     def vote(self, neighbours: Sequence[Neighbour]) -> Vote | None:
         """The vote of the neighbours within the voting bound."""
+        if len(self._memo) > _MEMO_MAX:
+            self._memo.clear()  # bounded: rebuilt lazily from the entries seen next
         return vote(
             neighbours,
             max_distance=self.vote_distance,
             answer_field=self.answer_field,
             weighting=self.weighting,
+            memo=self._memo,
         )
 
     def decide(self, query: CacheQuery, neighbours: Sequence[Neighbour]) -> CacheHit | None:

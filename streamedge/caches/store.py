@@ -315,12 +315,17 @@ class ResultStore:
         return ids
 
     # ------------------------------------------------------------------ reads
-    def get(self, entry_id: int) -> CacheEntry | None:
-        """The entry if present and fresh (does not count as a use)."""
+    def get(self, entry_id: int, *, now: float | None = None) -> CacheEntry | None:
+        """The entry if present and fresh (does not count as a use).
+
+        Args:
+            entry_id: The id.
+            now: The clock's time, when the caller already has it (batch reads).
+        """
         meta = self._meta.get(entry_id)
         if meta is None:
             return None
-        if self._clock() - meta.entry.created_at > self._cfg.ttl_s:
+        if (self._clock() if now is None else now) - meta.entry.created_at > self._cfg.ttl_s:
             return None
         return meta.entry
 

@@ -3,7 +3,7 @@
 In the spirit of trio's ``check_*_stream`` helpers: a plugin author calls
 :func:`check_index` with a factory, in their own test, and gets the same
 checks the built-in indexes pass. Data is seeded (numpy), so a failure
-reproduces exactly; the suite takes a fraction of a second per index.
+reproduces exactly; the suite takes about a second per index.
 
 What :func:`check_index` demands of an :class:`~streamedge.protocols.Index`:
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -151,14 +153,53 @@ async def test_cache_invalidate_and_clear(clock: FakeClock) -> None:
     assert len(cache.index) == 0
 
 
-async def test_cache_get_in_a_thread_when_searches_are_slow(clock: FakeClock) -> None:
+async def test_cache_works_in_a_thread_when_slow(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = _cache(clock)
-    cache._inline_budget_s = -1.0  # every search counts as slow
+    cache._inline_budget_s = -1.0  # every search and insert counts as slow
+    offloaded: list[str] = []
+    real = asyncio.to_thread
+
+    async def spy(fn: Any, /, *args: Any) -> Any:
+        offloaded.append(fn.__name__)
+        return await real(fn, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", spy)
     q = cache.query_for(None, vector=_vec(3))  # type: ignore[arg-type]
     await cache.put(q, _result("a"), origin="x")
     hit = await cache.get(q)
     assert hit is not None
     assert hit.distance == 0.0
+    assert offloaded == ["_insert", "_search"]
+
+
+async def test_cache_runs_inline_when_fast(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = _cache(clock)
+    cache._inline_budget_s = 10.0
+
+    async def forbidden(fn: Any, /, *args: Any) -> Any:
+        raise AssertionError("a fast operation left the event loop")
+
+    monkeypatch.setattr(asyncio, "to_thread", forbidden)
+    q = cache.query_for(None, vector=_vec(3))  # type: ignore[arg-type]
+    await cache.put(q, _result("a"), origin="x")
+    assert await cache.get(q) is not None
+
+
+def test_cache_snapshot_file_is_per_namespace(clock: FakeClock, tmp_path: Path) -> None:
+    a = _cache(clock)
+    path = a.snapshot_file(tmp_path)
+    assert path.parent == tmp_path / "caches"
+    assert path.suffix == ".snap"
+    assert "/" not in path.name
+    assert path.name.startswith("detector@1_fake@1-")
+    other = build_cache(
+        CacheConfig(), model=ModelRef("detector", "2"), embedder=FakeEmbedder(), clock=clock
+    )
+    assert other.snapshot_file(tmp_path) != path
 
 
 def test_cache_query_for_rejects_bad_embeddings(clock: FakeClock) -> None:
