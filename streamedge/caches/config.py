@@ -198,10 +198,10 @@ class AlshIndexConfig(Model):
         24, ge=1, le=64, description="Upper bound on projections per table K."
     )
     min_candidates: int = Field(
-        16, ge=1, description="Probe neighbouring buckets until this many candidates are found."
+        64, ge=1, description="Probe neighbouring buckets until this many candidates are found."
     )
     max_probes: int = Field(
-        48, ge=0, le=1024, description="Cap on extra buckets probed per query (all tables)."
+        64, ge=0, le=1024, description="Cap on extra buckets probed per query (all tables)."
     )
     sample: int = Field(
         96, ge=8, le=4096, description="Entries sampled to estimate the distance distribution."

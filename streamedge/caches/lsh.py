@@ -332,10 +332,8 @@ class LshIndex:
         frac = (proj - h).reshape(self._L, self._K)
         # Distance to the lower boundary is frac, to the upper 1 − frac (in widths).
         scores = np.concatenate([frac.reshape(-1), (1.0 - frac).reshape(-1)])
-        n_probe = min(self.probes, len(scores))
-        best = np.argpartition(scores, n_probe - 1)[:n_probe] if n_probe < len(scores) else None
-        order = np.arange(len(scores)) if best is None else best
-        order = order[np.argsort(scores[order], kind="stable")]
+        # Nearest boundaries first (at most 2·L·K scores: a full sort is cheap).
+        order = np.argsort(scores, kind="stable")[: self.probes]
         lk = self._L * self._K
         sign = np.where(order < lk, -1, 1)
         flat = order % lk
