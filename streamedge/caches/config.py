@@ -1,10 +1,15 @@
-"""Configuration of the result caches: embedder, index, hit policy and store."""
+"""Configuration of the result caches: embedder, index, hit policy, store, accuracy.
+
+Distances in every cache setting are root-mean-square per dimension of the
+embedding (``sqrt(squared_l2 / dim)``), so one number means the same for a
+16×16 and a 32×32 thumbnail. Indexes work in squared L2 internally.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from streamedge.confbase import Model
 
@@ -32,13 +37,201 @@ EmbedderConfig = Annotated[
 ]
 
 
+# --------------------------------------------------------------------------- indexes
+
+
 class NumpyIndexConfig(Model):
-    """Exact search with numpy (fastest single query up to about 10k entries)."""
+    """Exact search with numpy; the fastest single query up to about 10k entries."""
 
     type: Literal["numpy"] = "numpy"
 
 
-IndexConfig = Annotated[NumpyIndexConfig, Field(discriminator="type")]
+class FaissFlatIndexConfig(Model):
+    """Exact search with FAISS ``IndexFlatL2`` behind an id map."""
+
+    type: Literal["faiss_flat"] = "faiss_flat"
+    threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "OpenMP threads faiss may use (process-wide). 1 is fastest for single "
+            "queries on a busy Pi: idle OpenMP workers spin and steal the core."
+        ),
+    )
+
+
+class HnswIndexConfig(Model):
+    """FAISS ``IndexHNSWFlat``: a navigable small-world graph, approximate.
+
+    HNSW cannot delete, so removed ids become tombstones that searches skip;
+    the graph is rebuilt from the live vectors when tombstones pile up.
+    """
+
+    type: Literal["hnsw"] = "hnsw"
+    m: int = Field(32, ge=4, le=128, description="Graph degree M (links per node and level).")
+    ef_construction: int = Field(
+        64, ge=8, le=2048, description="Candidate list size while inserting (build quality)."
+    )
+    ef_search: int = Field(
+        96,
+        ge=1,
+        le=4096,
+        description=(
+            "Candidate list size while searching; faiss's default of 16 gives recall@1 "
+            "of only 0.3-0.85 on cache data, so this is set for recall (never below k)."
+        ),
+    )
+    rebuild_fraction: float = Field(
+        0.25,
+        gt=0,
+        le=4,
+        description="Rebuild the graph when tombstones exceed this fraction of live entries.",
+    )
+    threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "OpenMP threads faiss may use (process-wide). 1 is fastest for single "
+            "queries on a busy Pi: idle OpenMP workers spin and steal the core."
+        ),
+    )
+
+
+class IvfIndexConfig(Model):
+    """FAISS ``IndexIVFFlat``: k-means cells, only ``nprobe`` cells scanned per query.
+
+    Exact (flat) until ``train_min`` entries exist, then trained once on the
+    entries present; retrained when the cache has grown ``retrain_growth``
+    times past the size it was trained at.
+    """
+
+    type: Literal["ivf"] = "ivf"
+    nlist: int | None = Field(
+        None,
+        ge=1,
+        le=65536,
+        description="Number of cells; none: about sqrt(n) at training time (≥ 39 points a cell).",
+    )
+    nprobe: int = Field(16, ge=1, le=65536, description="Cells scanned per query.")
+    train_min: int = Field(
+        2048, ge=64, description="Entries needed before training; until then search is exact."
+    )
+    train_iterations: int = Field(10, ge=1, le=100, description="k-means iterations.")
+    retrain_growth: float = Field(
+        4.0,
+        ge=1.5,
+        description="Retrain when live entries reach this multiple of the trained count.",
+    )
+    seed: int = Field(1234, description="k-means seed (reproducible cells).")
+    threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "OpenMP threads faiss may use (process-wide). 1 is fastest for single "
+            "queries on a busy Pi: idle OpenMP workers spin and steal the core."
+        ),
+    )
+
+
+class LshIndexConfig(Model):
+    """Random-projection (p-stable, Euclidean) LSH in numpy, fixed bucket width.
+
+    ``tables`` hash tables, each keyed by ``projections`` quantised random
+    projections ``floor((a·x + b) / w)``; candidates from the query's buckets
+    are re-ranked by exact distance.
+    """
+
+    type: Literal["lsh"] = "lsh"
+    tables: int = Field(8, ge=1, le=64, description="Number of hash tables (L).")
+    projections: int = Field(
+        6, ge=1, le=64, description="Quantised projections concatenated per table (K)."
+    )
+    width: float = Field(
+        0.1,
+        gt=0,
+        description="Bucket width w in RMS-per-dimension units (scaled by sqrt(dim) inside).",
+    )
+    probes: int = Field(
+        0, ge=0, le=256, description="Extra neighbouring buckets probed per query (multi-probe)."
+    )
+    seed: int = Field(0, description="Seed of the random projections.")
+
+
+class AlshIndexConfig(Model):
+    """A-LSH (FoggyCache): p-stable LSH whose bucket width follows data density.
+
+    The width is a multiple of the measured median distance to the
+    ``density_k``-th nearest neighbour, re-estimated as the cache fills,
+    drains or churns; the number of projections and tables then follow from
+    the p-stable collision probabilities over the measured distance
+    distribution, for ``target_recall`` at the least expected work; a query in
+    a sparse region probes neighbouring buckets until it has
+    ``min_candidates`` candidates. See :mod:`streamedge.caches.alsh` for how
+    this relates to the paper.
+    """
+
+    type: Literal["alsh"] = "alsh"
+    density_k: int = Field(5, ge=1, le=64, description="k of the k-NN distance density estimate.")
+    width_factor: float | None = Field(
+        None,
+        gt=0,
+        le=64,
+        description=(
+            "Bucket width as a multiple of the median k-NN distance; none: the multiple "
+            "(0.5 to 16) is chosen by the same cost model as K and L."
+        ),
+    )
+    target_recall: float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description=(
+            "Estimated probability that a query's nearest entry shares one of its home "
+            "buckets (before probing), used to choose projections and tables."
+        ),
+    )
+    max_tables: int = Field(16, ge=1, le=64, description="Upper bound on tables L (memory).")
+    max_projections: int = Field(
+        24, ge=1, le=64, description="Upper bound on projections per table K."
+    )
+    min_candidates: int = Field(
+        64, ge=1, description="Probe neighbouring buckets until this many candidates are found."
+    )
+    max_probes: int = Field(
+        64, ge=0, le=1024, description="Cap on extra buckets probed per query (all tables)."
+    )
+    sample: int = Field(
+        96, ge=8, le=4096, description="Entries sampled to estimate the distance distribution."
+    )
+    reestimate_growth: float = Field(
+        1.5,
+        gt=1,
+        description=(
+            "Re-estimate when the entry count changes by this factor, or after "
+            "(factor − 1)·n insertions (churn at constant size)."
+        ),
+    )
+    min_entries: int = Field(
+        64, ge=2, description="Below this many entries search is exact (nothing to adapt to)."
+    )
+    seed: int = Field(0, description="Seed of projections and sampling.")
+
+
+IndexConfig = Annotated[
+    NumpyIndexConfig
+    | FaissFlatIndexConfig
+    | HnswIndexConfig
+    | IvfIndexConfig
+    | LshIndexConfig
+    | AlshIndexConfig,
+    Field(discriminator="type"),
+]
+
+
+# --------------------------------------------------------------------------- policies
 
 
 class ThresholdPolicyConfig(Model):
@@ -52,17 +245,110 @@ class ThresholdPolicyConfig(Model):
     max_distance: float = Field(0.02, ge=0, description="Largest RMS distance reused.")
 
 
-PolicyConfig = Annotated[ThresholdPolicyConfig, Field(discriminator="type")]
+class HknnPolicyConfig(Model):
+    """H-kNN (FoggyCache): reuse only when the nearest answers agree.
+
+    The ``k`` nearest entries within ``max_distance`` vote (uniformly or
+    weighted by inverse distance) for their answer, compared through the
+    cache's ``answer_key``; the dominant answer is reused when its share of
+    the votes is at least ``min_homogeneity`` and the nearest entry is within
+    ``nearest_max_distance``.
+    """
+
+    type: Literal["hknn"] = "hknn"
+    k: int = Field(5, ge=1, le=64, description="Neighbours fetched from the index.")
+    max_distance: float = Field(
+        0.05, ge=0, description="Neighbours farther than this (RMS) do not vote."
+    )
+    nearest_max_distance: float = Field(
+        0.02, ge=0, description="The nearest voter must be at most this far (RMS)."
+    )
+    min_homogeneity: float = Field(
+        0.8, ge=0, le=1, description="θ: smallest share of the votes for the dominant answer."
+    )
+    min_votes: int = Field(
+        1, ge=1, description="Voters within max_distance needed to decide at all."
+    )
+    weighting: Literal["uniform", "inverse_distance"] = Field(
+        "uniform", description="How votes are weighted."
+    )
+
+    @model_validator(mode="after")
+    def _nearest_within_bound(self) -> HknnPolicyConfig:
+        if self.nearest_max_distance > self.max_distance:
+            msg = "nearest_max_distance must not exceed max_distance"
+            raise ValueError(msg)
+        if self.min_votes > self.k:
+            msg = "min_votes must not exceed k"
+            raise ValueError(msg)
+        return self
+
+
+PolicyConfig = Annotated[ThresholdPolicyConfig | HknnPolicyConfig, Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- store
 
 
 class StoreConfig(Model):
     """Byte-capped storage of cached answers."""
 
     max_bytes: int = Field(
-        64 * 2**20, ge=4096, description="Cap on vectors plus answers, in bytes."
+        64 * 2**20,
+        ge=4096,
+        description="Cap on vectors, answers, bookkeeping and index structures, in bytes.",
     )
-    ttl_s: float = Field(3600.0, gt=0, description="Answers older than this are not reused.")
-    eviction: Literal["lru"] = Field("lru", description="What to evict when full.")
+    ttl_s: float = Field(3600.0, gt=0, description="Answers older than this are dropped.")
+    eviction: Literal["lru", "lfu", "cost"] = Field(
+        "cost",
+        description=(
+            "What to evict when full: lru (least recently used), lfu (least often reused, "
+            "Cachier), cost (least inference time saved per byte, Potluck-style importance)."
+        ),
+    )
+    max_origin_share: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Largest share of max_bytes that one origin (device/stream) may hold.",
+    )
+
+
+class AccuracyConfig(Model):
+    """The accuracy contract of reuse and the online threshold adjuster."""
+
+    target: float = Field(
+        0.98, gt=0.5, lt=1, description="Required agreement of reused answers with the model."
+    )
+    recheck_fraction: float = Field(
+        0.02, ge=0, le=1, description="Share of hits the pipeline re-checks with the model."
+    )
+    window: int = Field(200, ge=10, description="Re-check outcomes judged together.")
+    min_samples: int = Field(
+        30, ge=5, description="Re-checks needed before thresholds are tightened or loosened."
+    )
+    tighten_factor: float = Field(
+        0.8, gt=0, lt=1, description="Multiply the distance thresholds by this when below target."
+    )
+    loosen_factor: float = Field(
+        1.05, gt=1, le=2, description="Multiply them by this when well above target."
+    )
+    homogeneity_step: float = Field(
+        0.05, ge=0, le=0.5, description="Raise θ by this when tightening (a fifth of it loosening)."
+    )
+    confidence_z: float = Field(
+        1.645,
+        gt=0,
+        description="z of the one-sided Wilson bound (1.645: 95 %) used for 'well above'.",
+    )
+    enabled: bool = Field(True, description="Adjust thresholds online from re-check outcomes.")
+
+
+class SnapshotConfig(Model):
+    """Periodic snapshot of the cache to disk, restored at start."""
+
+    enabled: bool = Field(True, description="Snapshot on a timer and at shutdown; restore at start")
+    interval_s: float = Field(300.0, gt=0, description="Seconds between snapshots.")
 
 
 class CacheConfig(Model):
@@ -73,3 +359,12 @@ class CacheConfig(Model):
     index: IndexConfig = Field(default_factory=NumpyIndexConfig)
     policy: PolicyConfig = Field(default_factory=ThresholdPolicyConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    answer_key: str | None = Field(
+        None,
+        description=(
+            "What makes two answers equal: a field ('label' for classifiers, 'count' for "
+            "detectors, dotted for nested fields); none: the whole answer, canonicalised."
+        ),
+    )
+    accuracy: AccuracyConfig = Field(default_factory=AccuracyConfig)
+    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)

@@ -1,63 +1,87 @@
 """Exact nearest-neighbour search with numpy (squared L2).
 
-Vectors live in one preallocated float32 matrix that doubles when full; a
-removed row is overwritten by the last row, so search is one matrix product
-over live rows only. Single writer; searches may overlap (numpy releases the
-GIL in the product).
+Vectors live in one preallocated float32 matrix that doubles when full and
+halves when a quarter full; a removed row is overwritten by the last row, so
+search is one matrix-vector product over live rows only. The product uses the
+``|q|² + |x|² − 2 q·x`` expansion (one BLAS call); the ``k`` winners' distances
+are then recomputed as ``Σ (q − x)²`` so that an identical vector is at exactly
+0 and the policy sees precise distances. Single writer; searches may overlap
+(numpy releases the GIL in the product).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from streamedge.caches.index_base import (
+    as_ids,
+    as_vectors,
+    check_k,
+    empty_result,
+    last_occurrence,
+)
 from streamedge.records import Ids, Vector
+
+__all__ = ["NumpyIndex"]
+
+_DICT_ENTRY_BYTES = 100
+"""Approximate bytes of one ``dict[int, int]`` item (two int objects + slot)."""
 
 
 class NumpyIndex:
-    """Exact brute-force index; the fastest single query up to ~10k entries."""
+    """Exact brute-force index; the fastest single query up to ~10k entries.
+
+    Args:
+        dim: Vector dimension.
+        initial_capacity: Rows allocated up front.
+    """
 
     def __init__(self, dim: int, *, initial_capacity: int = 1024) -> None:
         if dim <= 0:
             msg = f"dim must be positive, got {dim}"
             raise ValueError(msg)
         self.dim = dim
-        self._vectors = np.zeros((initial_capacity, dim), dtype=np.float32)
-        self._norms = np.zeros(initial_capacity, dtype=np.float32)
-        self._ids = np.full(initial_capacity, -1, dtype=np.int64)
+        self._min_capacity = max(16, initial_capacity)
+        self._alloc(self._min_capacity)
         self._row: dict[int, int] = {}
         self._n = 0
+
+    def _alloc(self, capacity: int) -> None:
+        self._vectors = np.zeros((capacity, self.dim), dtype=np.float32)
+        self._norms = np.zeros(capacity, dtype=np.float32)
+        self._ids = np.full(capacity, -1, dtype=np.int64)
 
     def __len__(self) -> int:
         return self._n
 
-    def _grow(self, need: int) -> None:
-        cap = self._vectors.shape[0]
-        if need <= cap:
-            return
-        new_cap = max(need, cap * 2)
-        vectors = np.zeros((new_cap, self.dim), dtype=np.float32)
-        vectors[: self._n] = self._vectors[: self._n]
-        norms = np.zeros(new_cap, dtype=np.float32)
-        norms[: self._n] = self._norms[: self._n]
-        ids = np.full(new_cap, -1, dtype=np.int64)
-        ids[: self._n] = self._ids[: self._n]
-        self._vectors, self._norms, self._ids = vectors, norms, ids
+    def _resize(self, capacity: int) -> None:
+        vectors, norms, ids = self._vectors, self._norms, self._ids
+        self._alloc(capacity)
+        n = self._n
+        self._vectors[:n] = vectors[:n]
+        self._norms[:n] = norms[:n]
+        self._ids[:n] = ids[:n]
 
     def add(self, ids: Ids, vectors: Vector) -> None:
-        """Insert (or replace) vectors under the given ids."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if len(ids) != len(vectors):
-            msg = f"{len(ids)} ids for {len(vectors)} vectors"
-            raise ValueError(msg)
-        self.remove(ids)
-        self._grow(self._n + len(ids))
-        start = self._n
-        end = start + len(ids)
-        self._vectors[start:end] = vectors
-        self._norms[start:end] = np.einsum("ij,ij->i", vectors, vectors)
-        self._ids[start:end] = ids
-        for offset, ident in enumerate(ids.tolist()):
+        """Insert (or replace) vectors under the given ids.
+
+        Raises:
+            CacheError: shapes do not match ``dim`` or the id count.
+        """
+        vecs = as_vectors(vectors, self.dim)
+        idents = as_ids(ids, len(vecs))
+        keep = last_occurrence(idents)
+        if len(keep) != len(idents):
+            idents, vecs = idents[keep], vecs[keep]
+        self.remove(idents)
+        need = self._n + len(idents)
+        if need > self._vectors.shape[0]:
+            self._resize(max(need, 2 * self._vectors.shape[0]))
+        start, end = self._n, need
+        self._vectors[start:end] = vecs
+        self._norms[start:end] = np.einsum("ij,ij->i", vecs, vecs)
+        self._ids[start:end] = idents
+        for offset, ident in enumerate(idents.tolist()):
             self._row[ident] = start + offset
         self._n = end
 
@@ -70,6 +94,7 @@ class NumpyIndex:
                 continue
             last = self._n - 1
             if row != last:
+                # Keep live rows contiguous: the last row takes the hole.
                 self._vectors[row] = self._vectors[last]
                 self._norms[row] = self._norms[last]
                 moved = int(self._ids[last])
@@ -78,33 +103,65 @@ class NumpyIndex:
             self._ids[last] = -1
             self._n = last
             removed += 1
+        cap = self._vectors.shape[0]
+        if removed and cap > self._min_capacity and self._n * 4 < cap:
+            self._resize(max(self._min_capacity, 2 * self._n))
         return removed
 
     def search(self, vectors: Vector, k: int) -> tuple[Vector, Ids]:
-        """Return ``(D, I)``: squared L2 distances and ids, ascending, ``-1`` padded."""
-        queries = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        """Return ``(D, I)``: squared L2 distances and ids, ascending, ``-1`` padded.
+
+        Raises:
+            CacheError: wrong query shape or ``k < 1``.
+        """
+        queries = as_vectors(vectors, self.dim)
+        k = check_k(k)
         nq = len(queries)
-        dist = np.full((nq, k), np.inf, dtype=np.float32)
-        out = np.full((nq, k), -1, dtype=np.int64)
-        if self._n == 0 or k <= 0:
+        dist, out = empty_result(nq, k)
+        n = self._n
+        if n == 0:
             return dist, out
-        live = self._vectors[: self._n]
-        q_norms = np.einsum("ij,ij->i", queries, queries)
-        d2 = q_norms[:, None] + self._norms[None, : self._n] - 2.0 * (queries @ live.T)
-        np.maximum(d2, 0.0, out=d2)
-        kk = min(k, self._n)
-        if kk < self._n:
+        live = self._vectors[:n]
+        kk = min(k, n)
+        if nq == 1:
+            # gemv is cheaper than a (1, d) × (d, n) gemm with its temporaries.
+            d2 = (self._norms[:n] - 2.0 * (live @ queries[0]))[None, :]
+        else:
+            d2 = self._norms[None, :n] - 2.0 * (queries @ live.T)
+        # |q|² is the same for every row of a query, so it is left out of the ranking.
+        if kk < n:
             part = np.argpartition(d2, kk - 1, axis=1)[:, :kk]
         else:
-            part = np.broadcast_to(np.arange(self._n), (nq, self._n))
-        part_d = np.take_along_axis(d2, part, axis=1)
-        order = np.argsort(part_d, axis=1, kind="stable")
-        rows = np.take_along_axis(part, order, axis=1)
-        dist[:, :kk] = np.take_along_axis(part_d, order, axis=1)
-        out[:, :kk] = self._ids[rows]
+            part = np.broadcast_to(np.arange(n), (nq, n))
+        # Exact distances for the winners only: Σ (q − x)², never negative.
+        diff = live[part] - queries[:, None, :]
+        exact = np.einsum("qkd,qkd->qk", diff, diff)
+        order = np.argsort(exact, axis=1, kind="stable")
+        dist[:, :kk] = np.take_along_axis(exact, order, axis=1)
+        out[:, :kk] = self._ids[np.take_along_axis(part, order, axis=1)]
         return dist, out
+
+    def contents(self) -> tuple[Ids, Vector]:
+        """Copies of the live ids and their vectors (paired, in internal order)."""
+        n = self._n
+        return self._ids[:n].copy(), self._vectors[:n].copy()
+
+    def reconstruct(self, ident: int) -> Vector | None:
+        """The stored vector of an id, or ``None``."""
+        row = self._row.get(int(ident))
+        return None if row is None else self._vectors[row].copy()
+
+    @property
+    def bytes_per_entry(self) -> int:
+        """Estimated bytes one more entry costs (vector, norm, id, map item)."""
+        return 4 * self.dim + 4 + 8 + _DICT_ENTRY_BYTES
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the index arrays (capacity, not just live rows)."""
-        return int(self._vectors.nbytes + self._norms.nbytes + self._ids.nbytes)
+        """Bytes held by the index (array capacity plus the id map estimate)."""
+        return int(
+            self._vectors.nbytes
+            + self._norms.nbytes
+            + self._ids.nbytes
+            + len(self._row) * _DICT_ENTRY_BYTES
+        )
