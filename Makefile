@@ -8,7 +8,7 @@ PORT ?=
 DEMO_ARGS := $(if $(DURATION),--duration $(DURATION)) $(if $(PORT),--port $(PORT))
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test lint typecheck unit slow bench clean
+.PHONY: all venv demo test lint typecheck unit slow bench docs clean
 
 all: test
 
@@ -41,6 +41,9 @@ test: lint typecheck unit
 
 bench: $(STAMP)
 	./scripts/run_benchmarks.sh
+
+docs: $(STAMP)
+	$(BIN)/python -c 'from streamedge.config import reference_markdown as r; open("docs/config-reference.md", "w").write(r())'
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

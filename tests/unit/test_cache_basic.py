@@ -61,7 +61,7 @@ def test_store_ttl_and_oversized_entries() -> None:
     store.add(e)
     clock.t = 11
     assert store.get(e.id) is None
-    assert store.expired() == [e.id]
+    assert store.purge_expired() == [e.id]
     big = entry(store, clock, answer_size=10_000)
     assert store.add(big) == [big.id]
     assert store.get(big.id) is None

@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import MODEL, FakeClock
 
 from streamedge.caches.cache import ApproximateCache, build_cache
 from streamedge.caches.config import CacheConfig
 from streamedge.caches.policy import HknnPolicy, ThresholdPolicy
 from streamedge.errors import CacheError
 from streamedge.records import CacheQuery, InferenceResult, ModelInput, ModelRef, Tier, Vector
+from tests.unit.caches.conftest import MODEL, FakeClock
 
 DIM = 16
 

@@ -6,12 +6,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import EntryFactory
 
 from streamedge.caches.answers import answer_key, answers_agree
 from streamedge.caches.config import HknnPolicyConfig, ThresholdPolicyConfig
 from streamedge.caches.policy import HknnPolicy, ThresholdPolicy, Thresholds, vote
 from streamedge.records import CacheQuery, Neighbour
+from tests.unit.caches.conftest import EntryFactory
 
 QUERY = CacheQuery(namespace="ns", key=b"k", vector=np.zeros(8, dtype=np.float32))
 

@@ -6,13 +6,13 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import MODEL, EntryFactory, FakeClock, entry_factory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamedge.caches.config import StoreConfig
 from streamedge.caches.store import ResultStore, StoredEntry
 from streamedge.records import ModelRef
+from tests.unit.caches.conftest import MODEL, EntryFactory, FakeClock, entry_factory
 
 
 def _store(clock: FakeClock, **kw: object) -> ResultStore:
