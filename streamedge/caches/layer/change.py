@@ -27,11 +27,6 @@ def mse_limit(psnr_db: float, value_range: float) -> float:
     return float(float(value_range) ** 2 / 10.0 ** (psnr_db / 10.0))
 
 
-def block_edges(n: int, block: int) -> I64:
-    """Start offsets of the blocks along an axis of length ``n`` (last may be short)."""
-    return np.arange(0, n, block, dtype=np.int64)
-
-
 def block_mse(x: F32, ref: F32, block: int) -> F64:
     """Mean squared difference per ``block`` x ``block`` square.
 
@@ -44,12 +39,23 @@ def block_mse(x: F32, ref: F32, block: int) -> F64:
         ``(ceil(H/block), ceil(W/block))`` MSE per block.
     """
     diff = x - ref
-    sq = np.einsum("chw,chw->hw", diff, diff, dtype=np.float64)
+    np.square(diff, out=diff)
+    # Channel sum by plane additions (several times faster than sum(axis=0));
+    # float32 is plenty for sums of a few hundred squares.
+    sq = diff[0]
+    for plane in diff[1:]:
+        sq += plane
     h, w = sq.shape
-    ys, xs = block_edges(h, block), block_edges(w, block)
-    sums = np.add.reduceat(np.add.reduceat(sq, ys, axis=0), xs, axis=1)
-    hs = np.diff(np.append(ys, h))
-    ws = np.diff(np.append(xs, w))
+    gh, gw = -(-h // block), -(-w // block)
+    if gh * block != h or gw * block != w:
+        padded = np.zeros((gh * block, gw * block), dtype=sq.dtype)
+        padded[:h, :w] = sq
+        sq = padded
+    # Two one-axis reductions beat one reduction over two strided axes.
+    rows = sq.reshape(gh, block, gw * block).sum(axis=1)
+    sums = rows.reshape(gh, gw, block).sum(axis=2).astype(np.float64)
+    hs = np.minimum(block, h - np.arange(gh) * block)
+    ws = np.minimum(block, w - np.arange(gw) * block)
     out: F64 = sums / (x.shape[0] * hs[:, None] * ws[None, :])
     return out
 

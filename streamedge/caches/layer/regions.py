@@ -85,20 +85,21 @@ def block_ranges(fld: AxisField, n: int, n_image: int, block: int) -> tuple[I64,
 
 def window_counts(
     blocks: Bool, rows: tuple[I64, I64], cols: tuple[I64, I64]
-) -> npt.NDArray[np.int64]:
-    """How many ``True`` blocks each position's field touches (integral image)."""
-    integral = np.zeros((blocks.shape[0] + 1, blocks.shape[1] + 1), dtype=np.int64)
-    integral[1:, 1:] = blocks.cumsum(axis=0, dtype=np.int64).cumsum(axis=1)
-    r0, r1 = rows[0], rows[1] + 1
-    c0, c1 = cols[0], cols[1] + 1
-    r1 = np.maximum(r1, r0)
-    c1 = np.maximum(c1, c0)
-    return (
-        integral[np.ix_(r1, c1)]
-        - integral[np.ix_(r0, c1)]
-        - integral[np.ix_(r1, c0)]
-        + integral[np.ix_(r0, c0)]
-    )
+) -> npt.NDArray[np.int32]:
+    """How many ``True`` blocks each position's field touches.
+
+    Separable prefix sums: first over block rows for each position row, then
+    over block columns for each position column.
+    """
+    r0, r1 = rows[0], np.maximum(rows[1] + 1, rows[0])
+    c0, c1 = cols[0], np.maximum(cols[1] + 1, cols[0])
+    down = np.zeros((blocks.shape[0] + 1, blocks.shape[1]), dtype=np.int32)
+    np.cumsum(blocks, axis=0, dtype=np.int32, out=down[1:])
+    per_row = down[r1] - down[r0]  # (n_h, block columns)
+    across = np.zeros((per_row.shape[0], per_row.shape[1] + 1), dtype=np.int32)
+    np.cumsum(per_row, axis=1, dtype=np.int32, out=across[:, 1:])
+    out: npt.NDArray[np.int32] = across[:, c1] - across[:, c0]
+    return out
 
 
 def mask_rects(mask: Bool, tile: tuple[int, int]) -> list[Rect]:
@@ -111,17 +112,22 @@ def mask_rects(mask: Bool, tile: tuple[int, int]) -> list[Rect]:
     """
     n_h, n_w = mask.shape
     th, tw = tile
-    tiles = np.add.reduceat(np.add.reduceat(mask, np.arange(0, n_h, th), axis=0),
-                            np.arange(0, n_w, tw), axis=1) > 0  # fmt: skip
+    gh, gw = -(-n_h // th), -(-n_w // tw)
+    if gh * th != n_h or gw * tw != n_w:
+        mask = np.pad(mask, ((0, gh * th - n_h), (0, gw * tw - n_w)))
+    tiles = mask.reshape(gh, th, gw, tw).any(axis=(1, 3))
+    # run boundaries of every row at once: +1 where a run starts, -1 after it ends
+    edges = np.diff(tiles.astype(np.int8), axis=1, prepend=0, append=0)
+    starts_y, starts_x = np.nonzero(edges == 1)
+    ends_x = np.nonzero(edges == -1)[1]
+    row_runs: list[list[tuple[int, int]]] = [[] for _ in range(gh + 1)]
+    for y, x0, x1 in zip(
+        starts_y.tolist(), starts_x.tolist(), ends_x.tolist(), strict=True
+    ):
+        row_runs[y].append((x0, x1))
     rects: list[Rect] = []
     open_runs: dict[tuple[int, int], int] = {}
-    for y in range(tiles.shape[0] + 1):
-        runs: list[tuple[int, int]] = []
-        if y < tiles.shape[0]:
-            edges = np.flatnonzero(
-                np.diff(np.concatenate(([0], tiles[y].view(np.int8), [0])))
-            )
-            runs = [(int(edges[i]), int(edges[i + 1])) for i in range(0, len(edges), 2)]
+    for y, runs in enumerate(row_runs):
         still: dict[tuple[int, int], int] = {}
         for run in runs:
             still[run] = open_runs.pop(run, y)

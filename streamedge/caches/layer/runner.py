@@ -102,6 +102,10 @@ class _Plan:
     groups: list[_Group]
     full_s: float
     cost: CropCostModel
+    crop_scale: float = 1.0
+    """Observed over predicted crop time (EMA): the cost model was measured
+    once, at warm-up, while the load on the machine keeps changing, as does
+    :attr:`full_s`, which every full run updates."""
 
 
 @dataclass(eq=False, slots=True)
@@ -140,8 +144,9 @@ class LayerCachedRunner:
         cfg: cache settings.
         providers: onnxruntime execution providers (default CPU).
         session_options: an ``onnxruntime.SessionOptions`` for every session.
-        cost_model: crop cost model to use instead of measuring one at warm-up
-            (tests use it to make the full-versus-crops decision deterministic).
+        cost_model: crop cost model to use as is instead of measuring one at
+            warm-up and tracking its drift (tests use it to make the
+            full-versus-crops decision deterministic).
         clock: monotonic seconds (injected in tests).
 
     Raises:
@@ -352,8 +357,8 @@ class LayerCachedRunner:
             Positions not recomputed, or ``None`` when a full run is cheaper.
         """
         work = self._plan_work(plan, state, x)
-        cost = sum(plan.cost.cost(area(c)) for c in work.crops)
-        if work.crops and cost >= plan.full_s:
+        predicted = sum(plan.cost.cost(area(c)) for c in work.crops)
+        if work.crops and predicted * plan.crop_scale >= plan.full_s:
             return None
         maps = state.maps
         # Copies read the old maps, so gather every source before writing anything.
@@ -366,6 +371,7 @@ class LayerCachedRunner:
                 maps[name][:, :, cp.dst[0], cp.dst[1]] = vals
         redone = [np.zeros(g.size, dtype=bool) for g in plan.groups]
         lay = plan.layout
+        start = self._clock()
         for crop in work.crops:
             y0, y1, x0, x1 = crop
             outs = self._call(
@@ -386,6 +392,9 @@ class LayerCachedRunner:
                         :, :, vy0 - oy : vy1 - oy, vx0 - ox : vx1 - ox
                     ]
                 redone[gi][vy0:vy1, vx0:vx1] = True
+        if work.crops and predicted > 0 and self._fixed_cost is None:
+            ratio = (self._clock() - start) / predicted
+            plan.crop_scale += _EMA * (ratio - plan.crop_scale)
         for need, done in zip(work.needs, redone, strict=True):
             if (need & ~done).any():
                 msg = "crops did not cover every position that depends on a change"
