@@ -189,28 +189,42 @@ class LayerCachedRunner:
         self._plan_lock = threading.Lock()
         self._counters = Counters()
         self.cache = LayerCache(self.cfg.max_bytes)
-        self.analysis: PrefixAnalysis = analyse(proto)
+        self.analysis: PrefixAnalysis = self._analyse(proto)
         self._prefix: onnx.ModelProto | None = None
         self._suffix: Any = None
+        reason = self.analysis.reason
+        if self.cfg.enabled and reason is None:
+            try:
+                prefix, suffix = split(proto, self.analysis)
+                suffix_session = None if suffix is None else self._session(suffix)
+            except (ValueError, ConfigError) as exc:
+                # onnx's extractor or onnxruntime refused the pieces: run whole
+                reason = f"the split failed: {exc}"
+            else:
+                self._prefix, self._suffix = prefix, suffix_session
+                _log.info(
+                    "layer cache: local prefix of %d ops, cut %s, %s",
+                    len(self.analysis.steps),
+                    list(self.analysis.cut),
+                    f"suffix from {self.analysis.stop}" if suffix else "no suffix",
+                )
         if not self.cfg.enabled:
             _log.info("layer cache disabled: every frame runs the whole model")
-        elif not self.analysis.splittable:
+        elif reason is not None:
             _log.info(
                 "layer cache off for this model (%s): every frame runs the whole model",
-                self.analysis.reason,
+                reason,
             )
-        else:
-            prefix, suffix = split(proto, self.analysis)
-            self._prefix = prefix
-            if suffix is not None:
-                self._suffix = self._session(suffix)
-            _log.info(
-                "layer cache: local prefix of %d ops, cut %s, %s",
-                len(self.analysis.steps),
-                list(self.analysis.cut),
-                f"suffix from {self.analysis.stop}"
-                if suffix is not None
-                else "no suffix",
+
+    @staticmethod
+    def _analyse(proto: onnx.ModelProto) -> PrefixAnalysis:
+        try:
+            return analyse(proto)
+        except Exception as exc:  # noqa: BLE001 - an odd graph disables the cache, no more
+            name = proto.graph.input[0].name if proto.graph.input else ""
+            outputs = tuple(o.name for o in proto.graph.output)
+            return PrefixAnalysis(
+                image=name, outputs=outputs, reason=f"analysis failed: {exc!r}"
             )
 
     # ------------------------------------------------------------------ public
