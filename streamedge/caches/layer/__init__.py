@@ -26,13 +26,14 @@ from streamedge.caches.layer.graph import (
     split,
 )
 from streamedge.caches.layer.regions import CropCostModel
-from streamedge.caches.layer.runner import LayerCachedRunner
+from streamedge.caches.layer.runner import BoundRunner, LayerCachedRunner
 from streamedge.caches.layer.state import LayerCache, LayerCacheStats, StreamState
 from streamedge.caches.layer_config import LayerCacheConfig
 
 __all__ = [
     "AxisField",
     "AxisWindow",
+    "BoundRunner",
     "CropCostModel",
     "LayerCache",
     "LayerCacheConfig",

@@ -142,6 +142,10 @@ class LayerCachedRunner:
         model: path of an ``.onnx`` file or a loaded ``onnx.ModelProto`` with one
             NCHW float input.
         cfg: cache settings.
+        outputs: the model outputs wanted, in the order :meth:`run` returns
+            them (default: all). Others are cut away first, so they are
+            neither computed nor cached (PNet: ``("reg", "prob")`` drops the
+            32-channel ``features`` map).
         providers: onnxruntime execution providers (default CPU).
         session_options: an ``onnxruntime.SessionOptions`` for every session.
         cost_model: crop cost model to use as is instead of measuring one at
@@ -158,6 +162,7 @@ class LayerCachedRunner:
         model: str | Path | onnx.ModelProto,
         cfg: LayerCacheConfig | None = None,
         *,
+        outputs: Sequence[str] | None = None,
         providers: Sequence[str] | None = None,
         session_options: Any = None,
         cost_model: CropCostModel | None = None,
@@ -175,6 +180,8 @@ class LayerCachedRunner:
             except (OSError, ValueError) as exc:
                 msg = f"cannot load ONNX model {model}: {exc}"
                 raise ConfigError(msg) from exc
+        if outputs is not None:
+            proto = _keep_outputs(proto, list(outputs))
         self._ort = onnxruntime
         self._providers = list(providers) if providers else ["CPUExecutionProvider"]
         self._session_options = session_options
@@ -254,6 +261,14 @@ class LayerCachedRunner:
             self.cache.clear()
         else:
             self.cache.pop(key)
+
+    def bind(self, stream: Hashable) -> BoundRunner:
+        """A callable ``(image, level) -> outputs`` keyed on ``(stream, level)``.
+
+        It fits MTCNN's ``PNetRunner`` protocol: the detector passes the
+        pyramid level, so each scale of each stream keeps its own maps.
+        """
+        return BoundRunner(self, stream)
 
     def run_plain(self, image: Array) -> list[Array]:
         """Run the unsplit model once, with no caching (the baseline)."""
@@ -698,3 +713,38 @@ class LayerCachedRunner:
             msg = f"expected a (N, C, H, W) array, got shape {x.shape}"
             raise ValueError(msg)
         return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class BoundRunner:
+    """One stream's view of a :class:`LayerCachedRunner` (see its ``bind``)."""
+
+    def __init__(self, runner: LayerCachedRunner, stream: Hashable) -> None:
+        self.runner = runner
+        self.stream = stream
+
+    def __call__(self, image: Array, level: Hashable = 0) -> tuple[Array, ...]:
+        """The model's outputs for ``image``, using the state of ``(stream, level)``."""
+        return tuple(self.runner.run((self.stream, level), image))
+
+
+def _keep_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """``proto`` reduced to the graph that computes ``names``.
+
+    Raises:
+        ConfigError: a name is not a tensor of the model.
+    """
+    import onnx.utils
+
+    inputs = [
+        i.name
+        for i in proto.graph.input
+        if i.name not in {t.name for t in proto.graph.initializer}
+    ]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+        out = onnx.utils.Extractor(inferred).extract_model(inputs, names)
+    except (ValueError, onnx.shape_inference.InferenceError) as exc:
+        msg = f"cannot keep outputs {names}: {exc}"
+        raise ConfigError(msg) from exc
+    del out.graph.value_info[:]  # keep the original's symbolic input shape only
+    return out
