@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+import streamedge
 from streamedge.caches.layer import (
     AxisField,
     AxisWindow,
@@ -35,6 +37,7 @@ from streamedge.caches.layer import (
 )
 from streamedge.caches.layer.change import block_mse, diamond_search, mse_limit
 from streamedge.caches.layer.regions import crop_for, mask_rects, merge_crops
+from streamedge.errors import ConfigError
 
 F32 = npt.NDArray[np.float32]
 # Crops always cheaper than a full run: the partial path is what is tested.
@@ -816,6 +819,49 @@ def test_stats_as_dict_is_json_ready() -> None:
     assert d["frames"] == 2
     assert d["unchanged_frames"] == 1
     assert d["reused_fraction"] == pytest.approx(0.5)
+
+
+# --- outputs, binding, the real PNet
+
+
+def test_kept_outputs_and_bound_runner() -> None:
+    m = pnet_like()
+    prob, reg = (o.name for o in m.graph.output)
+    runner = LayerCachedRunner(m, EXACT, outputs=[reg, prob], cost_model=CHEAP)
+    assert runner.output_names == (reg, prob)
+    pnet = runner.bind("cam")
+    x = frame((1, 3, 26, 34))
+    for level, scale in enumerate((1.0, 0.5)):
+        xs = np.ascontiguousarray(x[:, :, :: int(1 / scale), :: int(1 / scale)])
+        got = pnet(xs, level)
+        assert isinstance(got, tuple)
+        assert_same(list(got), runner.run_plain(xs))
+    assert ("cam", 0) in runner.cache
+    assert ("cam", 1) in runner.cache
+    with pytest.raises(ConfigError, match="nope"):
+        LayerCachedRunner(m, outputs=["nope"])
+
+
+PNET = Path(streamedge.__file__).parent / "models" / "data" / "mtcnn" / "pnet.onnx"
+
+
+@pytest.mark.skipif(not PNET.exists(), reason="the MTCNN export is not on this branch")
+def test_real_pnet_is_entirely_local_and_splices_exactly() -> None:
+    runner = LayerCachedRunner(PNET, EXACT, outputs=["reg", "prob"], cost_model=CHEAP)
+    a = runner.analysis
+    assert a.splittable
+    assert a.suffix_outputs == ()
+    assert set(a.cut) == {"reg", "prob"}
+    lay = layout(a, 120, 160)
+    # conv3 > pool2 s2 (ceil) > conv3 > conv3 > 1x1 heads: 12-pixel cells every 2 pixels
+    assert lay.fields["prob"] == (AxisField(2, 0, 12),) * 2
+    rng = np.random.default_rng(0)
+    x = frame((1, 3, 120, 160)) * 0.5
+    runner.run("cam", x)
+    for _ in range(5):
+        x = _changes(x, rng, count=2, max_side=15)
+        assert_same(runner.run("cam", x), runner.run_plain(x))
+    assert runner.stats().partial_runs == 5
 
 
 # --- config, imports
