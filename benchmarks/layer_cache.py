@@ -229,19 +229,33 @@ def pnet_workload(args: argparse.Namespace) -> Workload:
 
     n_out = len(runner.output_names)
 
+    previous: list[Outputs] = []
+
     def compare(a: Outputs, b: Outputs) -> dict[str, float]:
-        """PNet's answer: the cells whose face probability passes 0.6."""
-        flipped = candidates = 0
+        """PNet's answer: the cells whose face probability passes 0.6.
+
+        ``flicker_cells`` counts the cells the plain model itself flips between
+        two consecutive frames: the scale against which ``flipped_cells`` (the
+        cache's flips) should be read.
+        """
+        flipped = candidates = flicker = 0
         for s in range(len(scales)):
             pa, pb = a[s * n_out + prob_index], b[s * n_out + prob_index]
             ca, cb = pa[0, 1] > PNET_THRESHOLD, pb[0, 1] > PNET_THRESHOLD
             flipped += int((ca != cb).sum())
             candidates += int(cb.sum())
-        return {
+            if previous:
+                before = previous[0][s * n_out + prob_index][0, 1] > PNET_THRESHOLD
+                flicker += int((before != cb).sum())
+        out = {
             "same_candidates": float(flipped == 0),
             "flipped_cells": float(flipped),
             "candidate_cells": float(candidates),
         }
+        if previous:
+            out["flicker_cells"] = float(flicker)
+        previous[:] = [b]
+        return out
 
     def warm(pyramid: list[npt.NDArray[np.float32]]) -> None:
         for x in pyramid:

@@ -386,6 +386,8 @@ class LayerCachedRunner:
             Positions not recomputed, or ``None`` when a full run is cheaper.
         """
         work = self._plan_work(plan, state, x)
+        if work is None:
+            return None
         predicted = sum(plan.cost.cost(area(c)) for c in work.crops)
         if work.crops and predicted * plan.crop_scale >= plan.full_s:
             return None
@@ -439,7 +441,8 @@ class LayerCachedRunner:
             for g, done in zip(plan.groups, redone, strict=True)
         )
 
-    def _plan_work(self, plan: _Plan, state: StreamState, x: F32) -> _Work:
+    def _plan_work(self, plan: _Plan, state: StreamState, x: F32) -> _Work | None:
+        """Find what changed and the crops that recompute it (``None``: run in full)."""
         cfg = self.cfg
         block = cfg.block_size
         lay = plan.layout
@@ -471,6 +474,13 @@ class LayerCachedRunner:
                     changed[blocks[:, 0], blocks[:, 1]] = False
                     d = (int(vectors[k][0]), int(vectors[k][1]))
                     work.moved.append((d, blocks))
+        # Cheap lower bound before any planning: the changed pixels alone, in one
+        # crop with no halo, already cost more than a full run.
+        n_changed = int(changed.sum())
+        if n_changed * block * block * plan.cost.per_pixel_s * plan.crop_scale >= (
+            plan.full_s
+        ):
+            return None
         dirty = changed | (disp_id >= 0)
         crops: list[Rect] = []
         for group in plan.groups:
