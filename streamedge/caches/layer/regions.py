@@ -164,31 +164,76 @@ def area(rect: Rect) -> int:
     return (rect[1] - rect[0]) * (rect[3] - rect[2])
 
 
-def merge_crops(crops: list[Rect], cost: CropCostModel, max_crops: int) -> list[Rect]:
+def crops_for(
+    rects: I64,
+    fields: tuple[AxisField, AxisField],
+    image: tuple[int, int],
+    align: tuple[int, int],
+) -> I64:
+    """:func:`crop_for` on an ``(n, 4)`` array of rectangles at once."""
+    out = np.empty_like(rects)
+    for axis in (0, 1):
+        fld = fields[axis]
+        lo, hi = rects[:, 2 * axis], rects[:, 2 * axis + 1]
+        start = lo * fld.jump + fld.start
+        end = (hi - 1) * fld.jump + fld.start + fld.extent
+        start = np.maximum(start, 0) // align[axis] * align[axis]
+        out[:, 2 * axis] = start
+        out[:, 2 * axis + 1] = np.minimum(image[axis], np.maximum(end, start + 1))
+    return out
+
+
+def merge_crops(
+    crops: list[Rect] | I64, cost: CropCostModel, max_crops: int
+) -> list[Rect]:
     """Greedily merge crops into their bounding boxes while that saves time.
 
     Each round merges the pair whose bounding box saves the most predicted time
     (``cost(a) + cost(b) - cost(box)``, positive when the crops overlap or when
     one call's overhead outweighs the pixels added). When no merge saves time
-    but more than ``max_crops`` remain, the least harmful merge is made.
+    but more than ``max_crops`` remain, the least harmful merge is made. The
+    pairwise savings are kept in a matrix of which a merge updates one row and
+    one column.
     """
-    if not crops:
+    r = np.unique(np.asarray(crops, dtype=np.int64).reshape(-1, 4), axis=0)
+    n = len(r)
+    if n == 0:
         return []
-    r = np.array(sorted(set(crops)), dtype=np.int64).reshape(-1, 4)
-    while len(r) > 1:
-        y0 = np.minimum(r[:, None, 0], r[None, :, 0])
-        y1 = np.maximum(r[:, None, 1], r[None, :, 1])
-        x0 = np.minimum(r[:, None, 2], r[None, :, 2])
-        x1 = np.maximum(r[:, None, 3], r[None, :, 3])
+
+    def savings(i: int | slice) -> npt.NDArray[np.float64]:
+        ri = r[i]
+        box = (
+            np.maximum(ri[..., None, 1], r[:, 1])
+            - np.minimum(ri[..., None, 0], r[:, 0])
+        ) * (
+            np.maximum(ri[..., None, 3], r[:, 3])
+            - np.minimum(ri[..., None, 2], r[:, 2])
+        )
         a = (r[:, 1] - r[:, 0]) * (r[:, 3] - r[:, 2])
-        box = (y1 - y0) * (x1 - x0)
-        saving = cost.per_call_s + cost.per_pixel_s * (a[:, None] + a[None, :] - box)
-        np.fill_diagonal(saving, -np.inf)
+        ai = (ri[..., 1] - ri[..., 0]) * (ri[..., 3] - ri[..., 2])
+        out: npt.NDArray[np.float64] = cost.per_call_s + cost.per_pixel_s * (
+            np.asarray(ai)[..., None] + a - box
+        )
+        return out
+
+    saving = savings(slice(None))
+    np.fill_diagonal(saving, -np.inf)
+    live = np.ones(n, dtype=bool)
+    while live.sum() > 1:
         i, j = np.unravel_index(int(saving.argmax()), saving.shape)
-        if saving[i, j] <= 0 and len(r) <= max_crops:
+        if saving[i, j] <= 0 and live.sum() <= max_crops:
             break
-        merged = (y0[i, j], y1[i, j], x0[i, j], x1[i, j])
-        keep = np.ones(len(r), dtype=bool)
-        keep[[i, j]] = False
-        r = np.vstack([r[keep], np.array(merged, dtype=np.int64)[None]])
-    return [(int(a[0]), int(a[1]), int(a[2]), int(a[3])) for a in r]
+        r[i] = (
+            min(r[i, 0], r[j, 0]),
+            max(r[i, 1], r[j, 1]),
+            min(r[i, 2], r[j, 2]),
+            max(r[i, 3], r[j, 3]),
+        )
+        live[j] = False
+        row = savings(int(i))
+        row[~live] = -np.inf
+        row[i] = -np.inf
+        saving[i, :] = saving[:, i] = row
+        saving[j, :] = saving[:, j] = -np.inf
+    live_rects = r[live]
+    return [(int(c[0]), int(c[1]), int(c[2]), int(c[3])) for c in live_rects]

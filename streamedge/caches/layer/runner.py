@@ -13,6 +13,33 @@ Per frame and key (a stream, or a stream and a pyramid scale):
    its output into the cached maps;
 4. run the suffix (if any) on the maps and return the model's outputs.
 
+The reference a frame is compared with is not simply the previous frame: it
+holds, block by block, the pixels the cached maps reflect. A changed block
+takes the new pixels (every position that reads it is recomputed); an
+unchanged block keeps its old pixels, so a slow drift adds up until the block
+crosses the threshold or the periodic refresh (Reducto's "compare with the
+last frame sent" rather than DeepCache's "compare with the previous frame").
+
+Motion (``diamond_search``). A changed block that matches the reference
+displaced by ``d`` (searched only on multiples of the prefix alignment, the
+least common multiple of every layer's cumulative stride) is *moved*. A cut
+position whose receptive field lies inside the image and touches only blocks
+moved by the same ``d`` takes the cached value at ``position + d / jump``: a
+shift by a multiple of every stride maps each layer's sampling grid onto
+itself, and no padding is involved, so the copy is exact when the content moved
+exactly. Every other position touching a moved block is recomputed. A moved
+block's reference becomes the displaced reference content, which is what the
+copied maps reflect. Displacements that are not multiples of the alignment are
+never proposed, so such motion is recomputed like any change.
+
+Exactness. With ``psnr_db=inf`` (only bit-identical blocks reused) the spliced
+maps equal a full run up to onnxruntime's float rounding: crops start on the
+alignment grid, cover the receptive field of every position to recompute, stop
+at the image border where the field leaves the image (so the model's own
+padding applies, explicit pads being fixed at the whole image's values for
+``SAME`` nodes), and only the positions whose crop value is exact (computed
+layer by layer, :meth:`Layout.valid`) are spliced.
+
 ``onnx`` and ``onnxruntime`` are imported when a runner is built.
 """
 
@@ -44,6 +71,7 @@ from streamedge.caches.layer.regions import (
     area,
     block_ranges,
     crop_for,
+    crops_for,
     mask_rects,
     merge_crops,
     window_counts,
@@ -72,7 +100,7 @@ F32 = npt.NDArray[np.float32]
 Bool = npt.NDArray[np.bool_]
 
 _MAX_PLANS = 64
-_MAX_RECTS = 128  # before merging; beyond this the tile grid is coarsened
+_MAX_RECTS = 48  # before merging; beyond this the tile grid is coarsened
 _MAX_DISPLACEMENTS = 8  # distinct motion vectors used per frame
 _EMA = 0.2
 
@@ -482,7 +510,7 @@ class LayerCachedRunner:
         ):
             return None
         dirty = changed | (disp_id >= 0)
-        crops: list[Rect] = []
+        crops: list[npt.NDArray[np.int64]] = []
         for group in plan.groups:
             need = window_counts(dirty, group.rows, group.cols) > 0
             for k, (d, _) in enumerate(work.moved):
@@ -502,15 +530,23 @@ class LayerCachedRunner:
                     work.copies.append(_Copy(group, dst, (src_y[ok], src_x[ok])))
                     need[dst] = False
             work.needs.append(need)
-            if not need.any():
+            n_need = int(need.sum())
+            if not n_need:
                 continue
+            # Second lower bound: each position to recompute brings jump_h x jump_w
+            # input pixels of its own into some crop.
+            jumps = group.fields[0].jump * group.fields[1].jump
+            if n_need * jumps * plan.cost.per_pixel_s * plan.crop_scale >= plan.full_s:
+                return None
             tile = group.tile
             rects = mask_rects(need, tile)
             while len(rects) > _MAX_RECTS:
                 tile = (tile[0] * 2, tile[1] * 2)
                 rects = mask_rects(need, tile)
-            crops += [crop_for(r, group.fields, (h, w), lay.align) for r in rects]
-        work.crops = merge_crops(crops, plan.cost, cfg.max_crops)
+            rect_array = np.array(rects, dtype=np.int64).reshape(-1, 4)
+            crops.append(crops_for(rect_array, group.fields, (h, w), lay.align))
+        if crops:
+            work.crops = merge_crops(np.concatenate(crops), plan.cost, cfg.max_crops)
         return work
 
     def _update_reference(self, state: StreamState, x: F32, work: _Work) -> None:

@@ -36,7 +36,7 @@ from streamedge.caches.layer import (
     split,
 )
 from streamedge.caches.layer.change import block_mse, diamond_search, mse_limit
-from streamedge.caches.layer.regions import crop_for, mask_rects, merge_crops
+from streamedge.caches.layer.regions import crop_for, crops_for, mask_rects, merge_crops
 from streamedge.errors import ConfigError
 
 F32 = npt.NDArray[np.float32]
@@ -738,6 +738,41 @@ def test_merge_crops_by_cost() -> None:
     assert merge_crops(nearly_same, CropCostModel(0.0, 1.0), 8) == [(0, 11, 0, 10)]
     many = [(0, 2, 10 * i, 10 * i + 2) for i in range(10)]
     assert len(merge_crops(many, CropCostModel(0.0, 1.0), 3)) == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    crops=st.lists(
+        st.tuples(
+            st.integers(0, 80),
+            st.integers(1, 20),
+            st.integers(0, 80),
+            st.integers(1, 20),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    per_call=st.sampled_from([0.0, 1.0, 100.0]),
+    max_crops=st.integers(1, 6),
+)
+def test_merged_crops_cover_every_crop(
+    crops: list[tuple[int, int, int, int]], per_call: float, max_crops: int
+) -> None:
+    rects = [(y, y + h, x, x + w) for y, h, x, w in crops]
+    merged = merge_crops(rects, CropCostModel(per_call, 1.0), max_crops)
+    assert 1 <= len(merged) <= max_crops
+    for y0, y1, x0, x1 in rects:
+        assert any(a <= y0 and y1 <= b and c <= x0 and x1 <= d for a, b, c, d in merged)
+
+
+def test_vectorised_crops_match_scalar() -> None:
+    lay = layout(analyse(same_dilated()), 45, 38)
+    out = same_dilated().graph.output[0].name
+    fields, (nh, nw) = lay.fields[out], lay.sizes[out]
+    rects = [(0, 1, 0, 1), (0, nh, 0, nw), (2, 4, 1, 3), (nh - 1, nh, nw - 2, nw)]
+    want = [list(crop_for(r, fields, (45, 38), lay.align)) for r in rects]
+    got = crops_for(np.array(rects, dtype=np.int64), fields, (45, 38), lay.align)
+    assert got.tolist() == want
 
 
 # --- state
