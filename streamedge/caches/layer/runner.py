@@ -103,6 +103,7 @@ _MAX_PLANS = 64
 _MAX_RECTS = 48  # before merging; beyond this the tile grid is coarsened
 _MAX_DISPLACEMENTS = 8  # distinct motion vectors used per frame
 _EMA = 0.2
+_MAX_BACKOFF = 8  # frames run in full, without change detection, after crops lost
 
 
 @dataclass(eq=False, slots=True)
@@ -346,7 +347,13 @@ class LayerCachedRunner:
         if fresh is not None or state is None or state.shape != x.shape:
             return self._full(key, plan, x, "first", fresh)
         if every and state.since_refresh + 1 >= every:
-            return self._full(key, plan, x, "refresh")
+            return self._full(key, plan, x, "refresh", backoff=state.backoff)
+        if state.skip > 0:
+            # The last attempts found crops dearer than a full run: do not pay
+            # for change detection again right away.
+            return self._full(
+                key, plan, x, "cost", backoff=state.backoff, skip=state.skip - 1
+            )
         start = self._clock()
         try:
             reused = self._partial(plan, state, x)
@@ -360,9 +367,11 @@ class LayerCachedRunner:
                 self._counters.errors += 1
             return self._full(key, plan, x, "error")
         if reused is None:
-            return self._full(key, plan, x, "cost")
+            backoff = min(max(1, 2 * state.backoff), _MAX_BACKOFF)
+            return self._full(key, plan, x, "cost", backoff=backoff, skip=backoff)
         elapsed = self._clock() - start
         state.since_refresh += 1
+        state.backoff = 0
         total = sum(len(g.names) * g.size[0] * g.size[1] for g in plan.groups)
         with self._counters.lock:
             c = self._counters
@@ -387,12 +396,17 @@ class LayerCachedRunner:
         x: F32,
         reason: str,
         maps: dict[str, Array] | None = None,
+        *,
+        backoff: int = 0,
+        skip: int = 0,
     ) -> list[Array]:
         if maps is None:
             start = self._clock()
             maps = self._run_prefix(plan, x)
             plan.full_s += _EMA * ((self._clock() - start) - plan.full_s)
-        state = StreamState(shape=x.shape, reference=x[0].copy(), maps=maps)
+        state = StreamState(
+            shape=x.shape, reference=x[0].copy(), maps=maps, backoff=backoff, skip=skip
+        )
         self.cache.put(key, state)
         total = sum(len(g.names) * g.size[0] * g.size[1] for g in plan.groups)
         with self._counters.lock:

@@ -27,12 +27,17 @@ class StreamState:
         reference: ``(C, H, W)`` pixels the cached maps reflect, block by block.
         maps: cut tensor name → cached feature map ``(1, C, h, w)``.
         since_refresh: frames served since the last full prefix run.
+        backoff: frames to run in full after the next time crops cost more than
+            a full run (doubles each consecutive time, 0 after a partial frame).
+        skip: frames left to run in full without change detection.
     """
 
     shape: tuple[int, ...]
     reference: F32
     maps: dict[str, npt.NDArray[np.generic]]
     since_refresh: int = 0
+    backoff: int = 0
+    skip: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -122,7 +127,9 @@ class LayerCacheStats:
         full_runs: frames whose prefix ran on the whole image (any reason).
         first_runs: full runs because the key had no usable state.
         refreshes: periodic full refreshes (``refresh_every``).
-        cost_full_runs: full runs because the crops would have cost more.
+        cost_full_runs: full runs because the crops would have cost more, and
+            the frames that follow such a run without change detection (1, 2,
+            4... up to 8 of them while it keeps happening).
         partial_runs: frames served from the cache plus crops (maybe none).
         unchanged_frames: partial frames with nothing to recompute.
         fallbacks: frames run on the unsplit model (cache disabled, model not
