@@ -1,0 +1,429 @@
+"""Layer cache benchmark: a model with and without the layer cache, side by side.
+
+Both paths run in the same process on the same frames, interleaved frame by
+frame (the order alternates), so that machine noise hits both alike and their
+ratio is stable. Per frame it records the latency of each path and the largest
+absolute difference between their outputs.
+
+The default workload is MTCNN's PNet on an image pyramid of real video frames:
+each frame is resized to each scale, normalised like facenet-pytorch
+(``(x - 127.5) / 128``, RGB) and run once per scale, one cache key per scale.
+``--model`` takes the real PNet export; without it a PNet-shaped network with
+random weights is built (same layers, so the same cost; its outputs mean
+nothing). Any other full-model workload plugs in through ``--workload
+module:factory``, where ``factory(args)`` returns a :class:`Workload`.
+
+Examples::
+
+    python benchmarks/layer_cache.py --video samples/video/vtest.avi --frames 100
+    python benchmarks/layer_cache.py --model pnet.onnx --video vtest.avi \\
+        --scales 0.6 0.3 --json /tmp/layer_cache.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from streamedge.caches.layer import LayerCacheConfig, LayerCachedRunner
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+Outputs = list[npt.NDArray[Any]]
+PNET_THRESHOLD = 0.6
+"""MTCNN's first-stage face probability threshold."""
+Image = npt.NDArray[np.uint8]
+
+
+@dataclass
+class Workload:
+    """Two ways to answer one frame: through the layer cache and without it.
+
+    Attributes:
+        name: what is measured (shown in the table).
+        cached: ``cached(prepared) -> outputs`` (uses the cache).
+        uncached: ``uncached(prepared) -> outputs`` (the plain model).
+        prepare: ``prepare(frame) -> prepared``, untimed and shared by both paths
+            (PNet: the pyramid of normalised inputs; a whole pipeline: identity).
+        compare: optional ``compare(cached_out, plain_out) -> {metric: value}``
+            for one frame (answer-level agreement); values are averaged.
+        stats: optional callable returning the cache's statistics as a dict.
+        warm: optional ``warm(prepared_first_frame)`` run before timing starts.
+    """
+
+    name: str
+    cached: Callable[[Any], Outputs]
+    uncached: Callable[[Any], Outputs]
+    prepare: Callable[[Image], Any] = field(default=lambda img: img)
+    compare: Callable[[Outputs, Outputs], dict[str, float]] | None = None
+    stats: Callable[[], dict[str, Any]] = field(default=dict)
+    warm: Callable[[Any], None] | None = None
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def video_frames(path: Path, count: int, start: int = 0) -> Iterator[Image]:
+    """Consecutive BGR frames of a video file."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        msg = f"cannot open video {path}"
+        raise SystemExit(msg)
+    try:
+        for _ in range(start):
+            cap.grab()
+        for _ in range(count):
+            ok, img = cap.read()
+            if not ok:
+                return
+            yield np.ascontiguousarray(img)
+    finally:
+        cap.release()
+
+
+def synthetic_frames(
+    count: int, height: int = 576, width: int = 768
+) -> Iterator[Image]:
+    """A fixed noisy background with a few moving squares (no video at hand)."""
+    rng = np.random.default_rng(0)
+    background = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    for t in range(count):
+        img = background.copy()
+        for k in range(3):
+            y = (40 + 60 * k + 3 * t) % (height - 40)
+            x = (100 + 150 * k + 5 * t) % (width - 40)
+            img[y : y + 40, x : x + 30] = 60 * k + 40
+        yield img
+
+
+# --------------------------------------------------------------------------- PNet
+
+
+def pnet_shaped_model(seed: int = 0) -> Any:
+    """MTCNN PNet's layers (facenet-pytorch layout) with random weights."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes: list[Any] = []
+    inits: list[Any] = []
+
+    def conv(x: str, name: str, cin: int, cout: int, k: int) -> str:
+        w = (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(
+            np.float32
+        )
+        inits.append(numpy_helper.from_array(w, f"{name}.weight"))
+        inits.append(
+            numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}.bias")
+        )
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, f"{name}.weight", f"{name}.bias"],
+                [name],
+                kernel_shape=[k, k],
+            )
+        )
+        return name
+
+    def prelu(x: str, c: int) -> str:
+        inits.append(
+            numpy_helper.from_array(np.full((c, 1, 1), 0.25, np.float32), f"{x}.slope")
+        )
+        nodes.append(helper.make_node("PRelu", [x, f"{x}.slope"], [f"{x}.act"]))
+        return f"{x}.act"
+
+    h = prelu(conv("input", "conv1", 3, 10, 3), 10)
+    nodes.append(
+        helper.make_node(
+            "MaxPool", [h], ["pool1"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1
+        )
+    )
+    h = prelu(conv("pool1", "conv2", 10, 16, 3), 16)
+    h = prelu(conv(h, "conv3", 16, 32, 3), 32)
+    nodes.append(
+        helper.make_node("Softmax", [conv(h, "conv4_1", 32, 2, 1)], ["prob"], axis=1)
+    )
+    nodes.append(helper.make_node("Identity", [conv(h, "conv4_2", 32, 4, 1)], ["reg"]))
+    graph = helper.make_graph(
+        nodes,
+        "pnet_shaped",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "H", "W"])],
+        [
+            helper.make_tensor_value_info("reg", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("prob", TensorProto.FLOAT, None),
+        ],
+        initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def mtcnn_scales(height: int, width: int, min_face: float = 20.0) -> list[float]:
+    """MTCNN's pyramid: 12/min_face, times 0.709 while the short side is >= 12 px."""
+    scales = []
+    scale = 12.0 / min_face
+    while min(height, width) * scale >= 12.0:
+        scales.append(scale)
+        scale *= 0.709
+    return scales
+
+
+def pnet_input(img: Image, scale: float) -> npt.NDArray[np.float32]:
+    """facenet-pytorch's PNet input: resized, RGB, ``(x - 127.5) / 128``, NCHW."""
+    import cv2
+
+    h, w = img.shape[:2]
+    size = (int(np.ceil(w * scale)), int(np.ceil(h * scale)))
+    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)[:, :, ::-1]
+    x = (small.astype(np.float32) - 127.5) * 0.0078125
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def pnet_workload(args: argparse.Namespace) -> Workload:
+    """PNet over a pyramid, one cache key per scale."""
+    import onnxruntime
+
+    model: Any = str(args.model) if args.model else pnet_shaped_model()
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    opts.inter_op_num_threads = 1
+    cfg = LayerCacheConfig(
+        block_size=args.block,
+        psnr_db=args.psnr,
+        input_range=2.0,  # (x - 127.5) / 128 spans about 2
+        refresh_every=args.refresh_every,
+        diamond_search=args.diamond,
+        max_crops=args.max_crops,
+    )
+    runner = LayerCachedRunner(model, cfg, outputs=args.outputs, session_options=opts)
+    prob_index = runner.output_names.index("prob")
+    scales = list(args.scales)
+
+    def prepare(img: Image) -> list[npt.NDArray[np.float32]]:
+        return [pnet_input(img, scale) for scale in scales]
+
+    def cached(pyramid: list[npt.NDArray[np.float32]]) -> Outputs:
+        out: Outputs = []
+        for s, x in enumerate(pyramid):
+            out += runner.run(("bench", s), x)
+        return out
+
+    def uncached(pyramid: list[npt.NDArray[np.float32]]) -> Outputs:
+        out: Outputs = []
+        for x in pyramid:
+            out += runner.run_plain(x)
+        return out
+
+    n_out = len(runner.output_names)
+
+    previous: list[Outputs] = []
+
+    def compare(a: Outputs, b: Outputs) -> dict[str, float]:
+        """PNet's answer: the cells whose face probability passes 0.6.
+
+        ``flicker_cells`` counts the cells the plain model itself flips between
+        two consecutive frames: the scale against which ``flipped_cells`` (the
+        cache's flips) should be read.
+        """
+        flipped = candidates = flicker = 0
+        for s in range(len(scales)):
+            pa, pb = a[s * n_out + prob_index], b[s * n_out + prob_index]
+            ca, cb = pa[0, 1] > PNET_THRESHOLD, pb[0, 1] > PNET_THRESHOLD
+            flipped += int((ca != cb).sum())
+            candidates += int(cb.sum())
+            if previous:
+                before = previous[0][s * n_out + prob_index][0, 1] > PNET_THRESHOLD
+                flicker += int((before != cb).sum())
+        out = {
+            "same_candidates": float(flipped == 0),
+            "flipped_cells": float(flipped),
+            "candidate_cells": float(candidates),
+        }
+        if previous:
+            out["flicker_cells"] = float(flicker)
+        previous[:] = [b]
+        return out
+
+    def warm(pyramid: list[npt.NDArray[np.float32]]) -> None:
+        for x in pyramid:
+            runner.warmup(x)  # builds the plan and measures the crop cost model
+            runner.run_plain(x)
+
+    what = "PNet" if args.model else "PNet-shaped net, random weights,"
+    name = f"{what} scales {[round(s, 3) for s in scales]}, {args.psnr} dB"
+    return Workload(
+        name, cached, uncached, prepare, compare, lambda: runner.stats().as_dict(), warm
+    )
+
+
+# --------------------------------------------------------------------------- measure
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (linear interpolation)."""
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def measure(workload: Workload, frames: Sequence[Image]) -> dict[str, Any]:
+    """Run both paths on every frame, interleaved; return the figures."""
+    prepared = [workload.prepare(img) for img in frames]
+    if workload.warm is not None:
+        workload.warm(prepared[0])
+    t_cached: list[float] = []
+    t_plain: list[float] = []
+    max_diff = 0.0
+    abs_sum = 0.0
+    abs_count = 0
+    answers: dict[str, list[float]] = {}
+    for i, inputs in enumerate(prepared):
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        outs: dict[int, Outputs] = {}
+        for which in order:
+            fn = workload.cached if which == 0 else workload.uncached
+            start = time.perf_counter()
+            outs[which] = fn(inputs)
+            (t_cached if which == 0 else t_plain).append(time.perf_counter() - start)
+        for a, b in zip(outs[0], outs[1], strict=True):
+            diff = np.abs(a - b)
+            max_diff = max(max_diff, float(diff.max()))
+            abs_sum += float(diff.sum(dtype=np.float64))
+            abs_count += diff.size
+        if workload.compare is not None:
+            for key, value in workload.compare(outs[0], outs[1]).items():
+                answers.setdefault(key, []).append(value)
+
+    def summary(ts: list[float]) -> dict[str, float]:
+        ms = [t * 1e3 for t in ts]
+        return {
+            "mean_ms": statistics.fmean(ms),
+            "p50_ms": percentile(ms, 50),
+            "p95_ms": percentile(ms, 95),
+        }
+
+    plain, cached = summary(t_plain), summary(t_cached)
+    return {
+        "workload": workload.name,
+        "frames": len(frames),
+        "uncached": plain,
+        "cached": cached,
+        "mean_reduction_pct": 100 * (1 - cached["mean_ms"] / plain["mean_ms"]),
+        "median_reduction_pct": 100 * (1 - cached["p50_ms"] / plain["p50_ms"]),
+        "max_abs_diff": max_diff,
+        "mean_abs_diff": abs_sum / max(abs_count, 1),
+        "answers": {k: statistics.fmean(v) for k, v in answers.items()},
+        "cache": workload.stats(),
+    }
+
+
+def print_table(res: dict[str, Any]) -> None:
+    """A side-by-side table of the two paths."""
+    print(f"{res['workload']}: {res['frames']} frames")
+    print(f"{'':>14} {'uncached':>10} {'cached':>10}")
+    for key, label in (
+        ("mean_ms", "mean ms"),
+        ("p50_ms", "p50 ms"),
+        ("p95_ms", "p95 ms"),
+    ):
+        print(f"{label:>14} {res['uncached'][key]:>10.2f} {res['cached'][key]:>10.2f}")
+    mean, median = res["mean_reduction_pct"], res["median_reduction_pct"]
+    print(f"{'reduction':>14} mean {mean:.1f} %, median {median:.1f} %")
+    cache = res["cache"]
+    if cache:
+        print(
+            f"{'cache':>14} reuse {cache['reused_fraction']:.1%} of prefix outputs, "
+            f"{cache['partial_runs']} partial / {cache['full_runs']} full "
+            f"({cache['refreshes']} refreshes, {cache['cost_full_runs']} by cost), "
+            f"{cache['crops']} crops"
+        )
+    print(
+        f"{'|diff|':>14} max {res['max_abs_diff']:.3g}, mean {res['mean_abs_diff']:.3g}"
+    )
+    for key, value in res["answers"].items():
+        print(f"{key:>14} {value:.3g} (mean per frame)")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--video", type=Path, help="video file (default: synthetic frames)")
+    p.add_argument(
+        "--model", type=Path, help="PNet ONNX (default: PNet-shaped random weights)"
+    )
+    p.add_argument(
+        "--workload", help="module:factory returning a Workload (instead of PNet)"
+    )
+    p.add_argument("--frames", type=int, default=100, help="consecutive frames to run")
+    p.add_argument("--start", type=int, default=0, help="frames to skip first")
+    p.add_argument(
+        "--scales", type=float, nargs="+", default=[0.6, 0.3], help="PNet scales"
+    )
+    p.add_argument(
+        "--pyramid",
+        action="store_true",
+        help="all of MTCNN's scales (min face 20 px, factor 0.709) instead of --scales",
+    )
+    p.add_argument(
+        "--outputs", nargs="+", default=["reg", "prob"], help="model outputs to keep"
+    )
+    p.add_argument("--block", type=int, default=10, help="change-detection block size")
+    p.add_argument("--psnr", type=float, default=20.0, help="PSNR threshold in dB")
+    p.add_argument("--refresh-every", type=int, default=10, help="full refresh period")
+    p.add_argument("--max-crops", type=int, default=8, help="most crops per frame")
+    p.add_argument("--diamond", action="store_true", help="diamond search for motion")
+    p.add_argument(
+        "--threads", type=int, default=1, help="onnxruntime intra-op threads"
+    )
+    p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="log the cache's decisions"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    workload: Workload | None = None
+    if args.workload:
+        module, _, attr = args.workload.partition(":")
+        workload = getattr(importlib.import_module(module), attr)(args)
+    if args.video:
+        frames = list(video_frames(args.video, args.frames, args.start))
+    else:
+        frames = list(synthetic_frames(args.frames))
+    if not frames:
+        print("no frames", file=sys.stderr)
+        return 1
+    if args.pyramid:
+        args.scales = mtcnn_scales(*frames[0].shape[:2])
+    if not args.workload:
+        workload = pnet_workload(args)
+    assert workload is not None
+    res = measure(workload, frames)
+    res["args"] = {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+    }
+    print_table(res)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
