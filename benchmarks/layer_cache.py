@@ -95,9 +95,7 @@ def video_frames(path: Path, count: int, start: int = 0) -> Iterator[Image]:
         cap.release()
 
 
-def synthetic_frames(
-    count: int, height: int = 576, width: int = 768
-) -> Iterator[Image]:
+def synthetic_frames(count: int, height: int = 576, width: int = 768) -> Iterator[Image]:
     """A fixed noisy background with a few moving squares (no video at hand)."""
     rng = np.random.default_rng(0)
     background = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -122,13 +120,9 @@ def pnet_shaped_model(seed: int = 0) -> Any:
     inits: list[Any] = []
 
     def conv(x: str, name: str, cin: int, cout: int, k: int) -> str:
-        w = (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(
-            np.float32
-        )
+        w = (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32)
         inits.append(numpy_helper.from_array(w, f"{name}.weight"))
-        inits.append(
-            numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}.bias")
-        )
+        inits.append(numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}.bias"))
         nodes.append(
             helper.make_node(
                 "Conv",
@@ -140,9 +134,7 @@ def pnet_shaped_model(seed: int = 0) -> Any:
         return name
 
     def prelu(x: str, c: int) -> str:
-        inits.append(
-            numpy_helper.from_array(np.full((c, 1, 1), 0.25, np.float32), f"{x}.slope")
-        )
+        inits.append(numpy_helper.from_array(np.full((c, 1, 1), 0.25, np.float32), f"{x}.slope"))
         nodes.append(helper.make_node("PRelu", [x, f"{x}.slope"], [f"{x}.act"]))
         return f"{x}.act"
 
@@ -154,9 +146,7 @@ def pnet_shaped_model(seed: int = 0) -> Any:
     )
     h = prelu(conv("pool1", "conv2", 10, 16, 3), 16)
     h = prelu(conv(h, "conv3", 16, 32, 3), 32)
-    nodes.append(
-        helper.make_node("Softmax", [conv(h, "conv4_1", 32, 2, 1)], ["prob"], axis=1)
-    )
+    nodes.append(helper.make_node("Softmax", [conv(h, "conv4_1", 32, 2, 1)], ["prob"], axis=1))
     nodes.append(helper.make_node("Identity", [conv(h, "conv4_2", 32, 4, 1)], ["reg"]))
     graph = helper.make_graph(
         nodes,
@@ -348,9 +338,7 @@ def print_table(res: dict[str, Any]) -> None:
             f"({cache['refreshes']} refreshes, {cache['cost_full_runs']} by cost), "
             f"{cache['crops']} crops"
         )
-    print(
-        f"{'|diff|':>14} max {res['max_abs_diff']:.3g}, mean {res['mean_abs_diff']:.3g}"
-    )
+    print(f"{'|diff|':>14} max {res['max_abs_diff']:.3g}, mean {res['mean_abs_diff']:.3g}")
     for key, value in res["answers"].items():
         print(f"{key:>14} {value:.3g} (mean per frame)")
 
@@ -361,37 +349,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--video", type=Path, help="video file (default: synthetic frames)")
-    p.add_argument(
-        "--model", type=Path, help="PNet ONNX (default: PNet-shaped random weights)"
-    )
-    p.add_argument(
-        "--workload", help="module:factory returning a Workload (instead of PNet)"
-    )
+    p.add_argument("--model", type=Path, help="PNet ONNX (default: PNet-shaped random weights)")
+    p.add_argument("--workload", help="module:factory returning a Workload (instead of PNet)")
     p.add_argument("--frames", type=int, default=100, help="consecutive frames to run")
     p.add_argument("--start", type=int, default=0, help="frames to skip first")
-    p.add_argument(
-        "--scales", type=float, nargs="+", default=[0.6, 0.3], help="PNet scales"
-    )
+    p.add_argument("--scales", type=float, nargs="+", default=[0.6, 0.3], help="PNet scales")
     p.add_argument(
         "--pyramid",
         action="store_true",
         help="all of MTCNN's scales (min face 20 px, factor 0.709) instead of --scales",
     )
-    p.add_argument(
-        "--outputs", nargs="+", default=["reg", "prob"], help="model outputs to keep"
-    )
+    p.add_argument("--outputs", nargs="+", default=["reg", "prob"], help="model outputs to keep")
     p.add_argument("--block", type=int, default=10, help="change-detection block size")
     p.add_argument("--psnr", type=float, default=20.0, help="PSNR threshold in dB")
     p.add_argument("--refresh-every", type=int, default=10, help="full refresh period")
     p.add_argument("--max-crops", type=int, default=8, help="most crops per frame")
     p.add_argument("--diamond", action="store_true", help="diamond search for motion")
-    p.add_argument(
-        "--threads", type=int, default=1, help="onnxruntime intra-op threads"
-    )
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     p.add_argument("--json", type=Path, help="write the figures here")
-    p.add_argument(
-        "-v", "--verbose", action="store_true", help="log the cache's decisions"
-    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log the cache's decisions")
     return p.parse_args(argv)
 
 
@@ -416,9 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workload = pnet_workload(args)
     assert workload is not None
     res = measure(workload, frames)
-    res["args"] = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-    }
+    res["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     print_table(res)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")

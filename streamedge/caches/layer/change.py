@@ -61,9 +61,7 @@ def block_mse(x: F32, ref: F32, block: int) -> F64:
 
 
 # Diamond search patterns, in units of the lattice step (see diamond_search).
-_LARGE = np.array(
-    [(0, 0), (-2, 0), (2, 0), (0, -2), (0, 2), (-1, -1), (-1, 1), (1, -1), (1, 1)]
-)
+_LARGE = np.array([(0, 0), (-2, 0), (2, 0), (0, -2), (0, 2), (-1, -1), (-1, 1), (1, -1), (1, 1)])
 _SMALL = np.array([(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)])
 
 
@@ -113,9 +111,7 @@ def diamond_search(
     centre = np.zeros((n, 2), dtype=np.int64)  # in lattice units
     best = np.full(n, np.inf)
     active = np.ones(n, dtype=bool)
-    max_units = np.array(
-        [search_range // step[0], search_range // step[1]], dtype=np.int64
-    )
+    max_units = np.array([search_range // step[0], search_range // step[1]], dtype=np.int64)
 
     def cost(idx: I64, cand: I64) -> F64:
         # cand: (m, k, 2) lattice displacements for blocks idx (m,)

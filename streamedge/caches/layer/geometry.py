@@ -74,9 +74,7 @@ class AxisWindow:
         """
         out_lo = None if lo is None else ceil_div(lo + self.pad_begin, self.stride)
         out_hi = (
-            None
-            if hi is None
-            else (hi - 1 + self.pad_begin - (self.span - 1)) // self.stride + 1
+            None if hi is None else (hi - 1 + self.pad_begin - (self.span - 1)) // self.stride + 1
         )
         return out_lo, out_hi
 
@@ -116,9 +114,7 @@ class AxisField:
 
     def span(self, lo: int, hi: int) -> tuple[int, int]:
         """Image interval read by positions ``[lo, hi)`` (may leave the image)."""
-        return lo * self.jump + self.start, (
-            hi - 1
-        ) * self.jump + self.start + self.extent
+        return lo * self.jump + self.start, (hi - 1) * self.jump + self.start + self.extent
 
     def affected(self, r0: int, r1: int, n: int) -> tuple[int, int]:
         """Positions in ``[0, n)`` whose field intersects image pixels ``[r0, r1)``."""

@@ -46,9 +46,7 @@ _UNARY = frozenset(
 )  # fmt: skip
 """Pointwise on their first input; any other input must be a uniform constant."""
 
-_NARY = frozenset(
-    {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu"}
-)
+_NARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu"})
 """Pointwise (broadcasting) over all inputs: local tensors or uniform constants."""
 
 _CHANNEL_SOFTMAX = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
@@ -196,10 +194,7 @@ class Layout:
                 for out in step.outputs:
                     iv[out] = res
             per_axis.append(
-                {
-                    name: clip_interval(*iv[name], self.sizes[name][axis])
-                    for name in names
-                }
+                {name: clip_interval(*iv[name], self.sizes[name][axis]) for name in names}
             )
         return {name: (*per_axis[0][name], *per_axis[1][name]) for name in names}
 
@@ -283,9 +278,7 @@ def _opset(model: onnx.ModelProto) -> int:
 class _Constants:
     """Constant tensors of a graph: their shapes and, where cheap, their values."""
 
-    def __init__(
-        self, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...] | None]
-    ):
+    def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...] | None]):
         from onnx import numpy_helper
 
         self.shapes: dict[str, tuple[int, ...] | None] = {}
@@ -382,9 +375,7 @@ def _window(node: onnx.NodeProto, consts: _Constants) -> WindowSpec | str:
     )
 
 
-def _pad_window(
-    node: onnx.NodeProto, consts: _Constants, opset: int
-) -> WindowSpec | str:
+def _pad_window(node: onnx.NodeProto, consts: _Constants, opset: int) -> WindowSpec | str:
     attrs = _attrs(node)
     mode = attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
@@ -412,9 +403,7 @@ def _pad_window(
         return "Pad pads not constant"
     if any(pads[i] != 0 for i in (0, 1, 4, 5)) or min(pads) < 0:
         return f"Pad pads {pads}"
-    return WindowSpec(
-        kernel=(1, 1), pads=(int(pads[2]), int(pads[3]), int(pads[6]), int(pads[7]))
-    )
+    return WindowSpec(kernel=(1, 1), pads=(int(pads[2]), int(pads[3]), int(pads[6]), int(pads[7])))
 
 
 def _channel_axis(axis: int) -> bool:
@@ -441,9 +430,7 @@ def analyse(model: onnx.ModelProto) -> PrefixAnalysis:
     inputs = [i for i in graph.input if i.name not in consts]
     if len(inputs) != 1:
         names = [i.name for i in inputs]
-        return PrefixAnalysis(
-            image="", outputs=outputs, reason=f"needs one input, has {names}"
-        )
+        return PrefixAnalysis(image="", outputs=outputs, reason=f"needs one input, has {names}")
     image_vi = inputs[0]
     image = image_vi.name
     tt = image_vi.type.tensor_type
@@ -478,9 +465,7 @@ def analyse(model: onnx.ModelProto) -> PrefixAnalysis:
                 stops[out] = step_or_reason
 
     # Only what the outputs need matters: walk back from the outputs.
-    producers: dict[str, onnx.NodeProto] = {
-        o: n for n in graph.node for o in n.output if o
-    }
+    producers: dict[str, onnx.NodeProto] = {o: n for n in graph.node for o in n.output if o}
     needed_nodes: set[int] = set()
     stack = list(outputs)
     seen: set[str] = set()
@@ -496,24 +481,17 @@ def analyse(model: onnx.ModelProto) -> PrefixAnalysis:
     suffix_nodes = [n for n in nonlocal_nodes if id(n) in needed_nodes]
     suffix_reads = {n for node in suffix_nodes for n in node.input if n in local}
     cut = tuple(
-        name
-        for step in steps
-        for name in step.outputs
-        if name in suffix_reads or name in outputs
+        name for step in steps for name in step.outputs if name in suffix_reads or name in outputs
     )
     suffix_outputs = tuple(o for o in outputs if o not in local)
-    suffix_inputs = tuple(
-        [image] * (image in suffix_reads) + [n for n in cut if n in suffix_reads]
-    )
+    suffix_inputs = tuple([image] * (image in suffix_reads) + [n for n in cut if n in suffix_reads])
     stop = ""
     for node in suffix_nodes:
         if any(n in local for n in node.input):
             name = node.name or node.output[0]
             stop = f"{node.op_type} {name!r} ({stops[node.output[0]]})"
             break
-    used_steps = tuple(
-        s for s in steps if any(id(producers[o]) in needed_nodes for o in s.outputs)
-    )
+    used_steps = tuple(s for s in steps if any(id(producers[o]) in needed_nodes for o in s.outputs))
     reason: str | None = None
     if image in outputs or any(o in consts for o in outputs):
         reason = "an output is the input or a constant"
@@ -556,16 +534,12 @@ def _classify(
         if ins[0] not in local or len(local_ins) != 1:
             return "weights are not constant"
         win = _window(node, consts)
-        return (
-            Step(key, op, local_ins, outs, win) if isinstance(win, WindowSpec) else win
-        )
+        return Step(key, op, local_ins, outs, win) if isinstance(win, WindowSpec) else win
     if op == "Pad":
         if ins[0] not in local or len(local_ins) != 1:
             return "pads a non-local tensor"
         win = _pad_window(node, consts, opset)
-        return (
-            Step(key, op, local_ins, outs, win) if isinstance(win, WindowSpec) else win
-        )
+        return Step(key, op, local_ins, outs, win) if isinstance(win, WindowSpec) else win
     if op == "BatchNormalization":
         if int(_attrs(node).get("training_mode", 0)) or len(local_ins) != 1:
             return "training-mode batch norm"

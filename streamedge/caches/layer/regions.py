@@ -121,9 +121,7 @@ def mask_rects(mask: Bool, tile: tuple[int, int]) -> list[Rect]:
     starts_y, starts_x = np.nonzero(edges == 1)
     ends_x = np.nonzero(edges == -1)[1]
     row_runs: list[list[tuple[int, int]]] = [[] for _ in range(gh + 1)]
-    for y, x0, x1 in zip(
-        starts_y.tolist(), starts_x.tolist(), ends_x.tolist(), strict=True
-    ):
+    for y, x0, x1 in zip(starts_y.tolist(), starts_x.tolist(), ends_x.tolist(), strict=True):
         row_runs[y].append((x0, x1))
     rects: list[Rect] = []
     open_runs: dict[tuple[int, int], int] = {}
@@ -183,9 +181,7 @@ def crops_for(
     return out
 
 
-def merge_crops(
-    crops: list[Rect] | I64, cost: CropCostModel, max_crops: int
-) -> list[Rect]:
+def merge_crops(crops: list[Rect] | I64, cost: CropCostModel, max_crops: int) -> list[Rect]:
     """Greedily merge crops into their bounding boxes while that saves time.
 
     Each round merges the pair whose bounding box saves the most predicted time
@@ -202,12 +198,8 @@ def merge_crops(
 
     def savings(i: int | slice) -> npt.NDArray[np.float64]:
         ri = r[i]
-        box = (
-            np.maximum(ri[..., None, 1], r[:, 1])
-            - np.minimum(ri[..., None, 0], r[:, 0])
-        ) * (
-            np.maximum(ri[..., None, 3], r[:, 3])
-            - np.minimum(ri[..., None, 2], r[:, 2])
+        box = (np.maximum(ri[..., None, 1], r[:, 1]) - np.minimum(ri[..., None, 0], r[:, 0])) * (
+            np.maximum(ri[..., None, 3], r[:, 3]) - np.minimum(ri[..., None, 2], r[:, 2])
         )
         a = (r[:, 1] - r[:, 0]) * (r[:, 3] - r[:, 2])
         ai = (ri[..., 1] - ri[..., 0]) * (ri[..., 3] - ri[..., 2])

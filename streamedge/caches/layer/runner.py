@@ -151,9 +151,7 @@ class _Work:
     """What a partial frame has to do."""
 
     changed: Bool
-    moved: list[tuple[tuple[int, int], npt.NDArray[np.intp]]] = field(
-        default_factory=list
-    )
+    moved: list[tuple[tuple[int, int], npt.NDArray[np.intp]]] = field(default_factory=list)
     """(displacement, (k, 2) block coordinates) per motion vector."""
     copies: list[_Copy] = field(default_factory=list)
     needs: list[Bool] = field(default_factory=list)
@@ -259,9 +257,7 @@ class LayerCachedRunner:
         except Exception as exc:  # noqa: BLE001 - an odd graph disables the cache, no more
             name = proto.graph.input[0].name if proto.graph.input else ""
             outputs = tuple(o.name for o in proto.graph.output)
-            return PrefixAnalysis(
-                image=name, outputs=outputs, reason=f"analysis failed: {exc!r}"
-            )
+            return PrefixAnalysis(image=name, outputs=outputs, reason=f"analysis failed: {exc!r}")
 
     # ------------------------------------------------------------------ public
 
@@ -303,9 +299,7 @@ class LayerCachedRunner:
         """Run the unsplit model once, with no caching (the baseline)."""
         if self._plain is None:
             self._plain = self._session(self._proto)
-        return self._call(
-            self._plain, None, {self.analysis.image: self._as_input(image)}
-        )
+        return self._call(self._plain, None, {self.analysis.image: self._as_input(image)})
 
     def warmup(self, image: Array) -> CropCostModel | None:
         """Prepare (and time) the plan for ``image``'s size ahead of the first frame.
@@ -351,9 +345,7 @@ class LayerCachedRunner:
         if state.skip > 0:
             # The last attempts found crops dearer than a full run: do not pay
             # for change detection again right away.
-            return self._full(
-                key, plan, x, "cost", backoff=state.backoff, skip=state.skip - 1
-            )
+            return self._full(key, plan, x, "cost", backoff=state.backoff, skip=state.skip - 1)
         start = self._clock()
         try:
             reused = self._partial(plan, state, x)
@@ -479,8 +471,7 @@ class LayerCachedRunner:
                 len(cp.dst[0]) * len(cp.group.names) for cp in work.copies
             )
         return sum(
-            int((~done).sum()) * len(g.names)
-            for g, done in zip(plan.groups, redone, strict=True)
+            int((~done).sum()) * len(g.names) for g, done in zip(plan.groups, redone, strict=True)
         )
 
     def _plan_work(self, plan: _Plan, state: StreamState, x: F32) -> _Work | None:
@@ -519,9 +510,7 @@ class LayerCachedRunner:
         # Cheap lower bound before any planning: the changed pixels alone, in one
         # crop with no halo, already cost more than a full run.
         n_changed = int(changed.sum())
-        if n_changed * block * block * plan.cost.per_pixel_s * plan.crop_scale >= (
-            plan.full_s
-        ):
+        if n_changed * block * block * plan.cost.per_pixel_s * plan.crop_scale >= (plan.full_s):
             return None
         dirty = changed | (disp_id >= 0)
         crops: list[npt.NDArray[np.int64]] = []
@@ -533,12 +522,7 @@ class LayerCachedRunner:
                 dy, dx = d[0] // group.fields[0].jump, d[1] // group.fields[1].jump
                 dst_y, dst_x = np.nonzero(copy)
                 src_y, src_x = dst_y + dy, dst_x + dx
-                ok = (
-                    (src_y >= 0)
-                    & (src_y < group.size[0])
-                    & (src_x >= 0)
-                    & (src_x < group.size[1])
-                )
+                ok = (src_y >= 0) & (src_y < group.size[0]) & (src_x >= 0) & (src_x < group.size[1])
                 if ok.any():
                     dst = (dst_y[ok], dst_x[ok])
                     work.copies.append(_Copy(group, dst, (src_y[ok], src_x[ok])))
@@ -580,16 +564,12 @@ class LayerCachedRunner:
                     (
                         y,
                         xx,
-                        ref[
-                            :, y + dy : y + dy + block, xx + dx : xx + dx + block
-                        ].copy(),
+                        ref[:, y + dy : y + dy + block, xx + dx : xx + dx + block].copy(),
                     )
                 )
         if work.changed.any():
             h, w = ref.shape[1:]
-            mask = np.repeat(np.repeat(work.changed, block, axis=0), block, axis=1)[
-                :h, :w
-            ]
+            mask = np.repeat(np.repeat(work.changed, block, axis=0), block, axis=1)[:h, :w]
             np.copyto(ref, x[0], where=mask[None])
         for y, xx, pixels in moved_pixels:
             ref[:, y : y + block, xx : xx + block] = pixels
@@ -602,10 +582,7 @@ class LayerCachedRunner:
             outs = self._call(self._suffix, list(a.suffix_outputs), feeds)
             suffix_out = dict(zip(a.suffix_outputs, outs, strict=True))
         # Cached maps are returned as copies: the caller may write into them.
-        return [
-            suffix_out[n] if n in suffix_out else maps[n].copy()
-            for n in self.output_names
-        ]
+        return [suffix_out[n] if n in suffix_out else maps[n].copy() for n in self.output_names]
 
     # ------------------------------------------------------------------ plans
 
@@ -630,18 +607,12 @@ class LayerCachedRunner:
         try:
             lay = layout(a, h, w)
         except LayoutError as exc:
-            _log.warning(
-                "layer cache: %dx%d not cached (%s); running the whole model", h, w, exc
-            )
+            _log.warning("layer cache: %dx%d not cached (%s); running the whole model", h, w, exc)
             return None, None
         pads_key = tuple(sorted(lay.same_pads.items()))
         session = self._sessions.get(pads_key)
         if session is None:
-            proto = (
-                with_explicit_pads(self._prefix, lay.same_pads)
-                if pads_key
-                else self._prefix
-            )
+            proto = with_explicit_pads(self._prefix, lay.same_pads) if pads_key else self._prefix
             session = self._sessions[pads_key] = self._session(proto)
         outs = self._call(session, list(a.cut), {a.image: x})
         maps = dict(zip(a.cut, outs, strict=True))
@@ -723,9 +694,7 @@ class LayerCachedRunner:
                 lay.align,
             )
             sub = np.ascontiguousarray(x[:, :, crop[0] : crop[1], crop[2] : crop[3]])
-            secs = self._time(
-                self._call, plan.session, list(plan.cut), {lay.image: sub}
-            )
+            secs = self._time(self._call, plan.session, list(plan.cut), {lay.image: sub})
             points.append((float(area(crop)), secs))
         return CropCostModel.fit(points)
 
@@ -757,9 +726,7 @@ class LayerCachedRunner:
         return dict(zip(plan.cut, outs, strict=True))
 
     @staticmethod
-    def _call(
-        session: Any, names: list[str] | None, feeds: dict[str, Array]
-    ) -> list[Array]:
+    def _call(session: Any, names: list[str] | None, feeds: dict[str, Array]) -> list[Array]:
         try:
             return list(session.run(names, feeds))
         except Exception as exc:  # onnxruntime raises its own untyped errors
@@ -796,9 +763,7 @@ def _keep_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     import onnx.utils
 
     inputs = [
-        i.name
-        for i in proto.graph.input
-        if i.name not in {t.name for t in proto.graph.initializer}
+        i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}
     ]
     try:
         inferred = onnx.shape_inference.infer_shapes(proto)

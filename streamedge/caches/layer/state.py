@@ -202,9 +202,7 @@ class Counters:
                 errors=self.errors,
                 crops=self.crops,
                 copied_positions=self.copied_positions,
-                reused_fraction=self.reused_positions / self.positions
-                if self.positions
-                else 0.0,
+                reused_fraction=self.reused_positions / self.positions if self.positions else 0.0,
                 prefix_seconds_saved=self.prefix_seconds_saved,
                 streams=len(cache),
                 cached_bytes=cache.nbytes,

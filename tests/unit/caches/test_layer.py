@@ -73,17 +73,15 @@ class Net:
         cin = self.channels[x]
         kh, kw = (k, k)
         w = self.const(
-            (
-                self.rng.standard_normal((cout, cin, kh, kw)) / np.sqrt(cin * kh * kw)
-            ).astype(np.float32)
+            (self.rng.standard_normal((cout, cin, kh, kw)) / np.sqrt(cin * kh * kw)).astype(
+                np.float32
+            )
         )
         b = self.const((self.rng.standard_normal(cout) * 0.1).astype(np.float32))
         attrs.setdefault("kernel_shape", [kh, kw])
         return self.op("Conv", [x, w, b], cout, **attrs)
 
-    def op(
-        self, op: str, inputs: list[str], cout: int | None = None, **attrs: Any
-    ) -> str:
+    def op(self, op: str, inputs: list[str], cout: int | None = None, **attrs: Any) -> str:
         out = self._name(op)
         self.nodes.append(helper.make_node(op, inputs, [out], **attrs))
         self.channels[out] = cout if cout is not None else self.channels[inputs[0]]
@@ -104,15 +102,10 @@ class Net:
                     "x", TensorProto.FLOAT, ["N", self.channels["x"], "H", "W"]
                 )
             ],
-            [
-                helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
-                for o in outputs
-            ],
+            [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
             initializer=self.inits,
         )
-        m = helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", self.opset)]
-        )
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         return m
 
 
@@ -165,9 +158,7 @@ def same_dilated(seed: int = 0) -> onnx.ModelProto:
     b = n.conv(a, 4, 3, dilations=[2, 2], pads=[2, 1, 2, 1])
     pads = n.const(np.array([0, 0, 1, 2, 0, 0, 2, 1], dtype=np.int64))
     c = n.op("Pad", [b, pads], mode="constant")
-    d = n.op(
-        "AveragePool", [c], kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_LOWER"
-    )
+    d = n.op("AveragePool", [c], kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_LOWER")
     return n.model(n.op("Sigmoid", [d]))
 
 
@@ -261,9 +252,7 @@ def _linear_chain(kind: str) -> onnx.ModelProto:
     if kind == "plain":
         h = n.conv(n.conv("x", 3, 3, pads=[1, 1, 1, 1]), 3, 3, strides=[2, 2])
     elif kind == "dilated":
-        h = n.conv(
-            n.conv("x", 3, 3, dilations=[2, 2], pads=[2, 2, 2, 2]), 3, 2, strides=[2, 2]
-        )
+        h = n.conv(n.conv("x", 3, 3, dilations=[2, 2], pads=[2, 2, 2, 2]), 3, 2, strides=[2, 2])
     else:
         h = n.conv(
             n.conv("x", 3, 4, strides=[2, 2], auto_pad="SAME_UPPER"),
@@ -320,9 +309,7 @@ def _head(kind: str) -> tuple[onnx.ModelProto, str]:
     elif kind == "varying_constant":
         out = n.op("Add", [local, n.const(np.ones((4, 8, 8), dtype=np.float32))])
     else:
-        out = n.op(
-            "Pad", [local, n.const(np.array([0, 0, 1, 1, 0, 0, 1, 1]))], mode="reflect"
-        )
+        out = n.op("Pad", [local, n.const(np.array([0, 0, 1, 1, 0, 0, 1, 1]))], mode="reflect")
     m = n.model(out)
     dims = m.graph.input[0].type.tensor_type.shape.dim
     for i in (2, 3):
@@ -359,9 +346,7 @@ def test_prefix_stops_at_position_mixing_op(kind: str) -> None:
 def test_local_ops_extend_the_prefix() -> None:
     n = Net()
     a = n.conv("x", 4, 3)
-    b = n.op(
-        "BatchNormalization", [a, *(n.const(np.ones(4, np.float32)) for _ in range(4))]
-    )
+    b = n.op("BatchNormalization", [a, *(n.const(np.ones(4, np.float32)) for _ in range(4))])
     c = n.op(
         "Clip",
         [b, n.const(np.array(0.0, np.float32)), n.const(np.array(6.0, np.float32))],
@@ -390,9 +375,7 @@ def test_whole_model_local_has_no_suffix() -> None:
 
 
 @pytest.mark.parametrize("kind", ["no_conv", "two_inputs"])
-def test_unsplittable_model_falls_back(
-    kind: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_unsplittable_model_falls_back(kind: str, caplog: pytest.LogCaptureFixture) -> None:
     n = Net()
     if kind == "no_conv":
         out = n.op("GlobalMaxPool", [n.op("Relu", ["x"])])
@@ -400,15 +383,11 @@ def test_unsplittable_model_falls_back(
     else:
         out = n.op("Add", [n.conv("x", 3, 3), "y"])
         m = n.model(out)
-        m.graph.input.append(
-            helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-        )
+        m.graph.input.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, None))
     with caplog.at_level(logging.INFO, logger="streamedge.caches.layer.runner"):
         runner = LayerCachedRunner(m, EXACT)
     assert not runner.active
-    assert [
-        r.getMessage() for r in caplog.records if "layer cache off" in r.getMessage()
-    ]
+    assert [r.getMessage() for r in caplog.records if "layer cache off" in r.getMessage()]
     if kind == "no_conv":
         x = frame((1, 3, 9, 9))
         assert_same(runner.run("s", x), runner.run_plain(x))
@@ -434,9 +413,7 @@ def _changes(x: F32, rng: np.random.Generator, count: int, max_side: int) -> F32
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize(("h", "w", "block"), [(37, 53, 10), (40, 40, 7)])
-def test_spliced_maps_equal_full_computation(
-    name: str, h: int, w: int, block: int
-) -> None:
+def test_spliced_maps_equal_full_computation(name: str, h: int, w: int, block: int) -> None:
     m = MODELS[name]()
     cfg = EXACT.model_copy(update={"block_size": block})
     runner = LayerCachedRunner(m, cfg, cost_model=CHEAP)
@@ -519,9 +496,7 @@ def _chains(draw: st.DrawFn) -> tuple[onnx.ModelProto, int, int]:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(chain=_chains(), seed=st.integers(0, 2**16))
-def test_random_chains_splice_exactly(
-    chain: tuple[onnx.ModelProto, int, int], seed: int
-) -> None:
+def test_random_chains_splice_exactly(chain: tuple[onnx.ModelProto, int, int], seed: int) -> None:
     m, h, w = chain
     try:
         layout(analyse(m), h, w)
@@ -588,9 +563,7 @@ def test_too_costly_change_runs_in_full_and_backs_off() -> None:
         before = runner.stats()
         assert_same(runner.run("s", x), runner.run_plain(x))
         after = runner.stats()
-        kinds.append(
-            "cost" if after.cost_full_runs > before.cost_full_runs else "partial"
-        )
+        kinds.append("cost" if after.cost_full_runs > before.cost_full_runs else "partial")
     assert kinds == ["cost", "cost", "cost", "cost", "cost", "partial"]
     stats = runner.stats()
     assert stats.unchanged_frames == 1
@@ -664,32 +637,24 @@ def test_diamond_search_finds_lattice_displacement() -> None:
     ref = _texture(60, 60)[0]
     x = np.roll(ref, shift=(-4, 6), axis=(1, 2))  # x[p] = ref[p + (4, -6)]
     blocks = np.array([[2, 2], [3, 1], [2, 3]], dtype=np.int64)
-    disp, ok = diamond_search(
-        x, ref, blocks, block=10, step=(2, 2), search_range=8, limit=1e-6
-    )
+    disp, ok = diamond_search(x, ref, blocks, block=10, step=(2, 2), search_range=8, limit=1e-6)
     assert ok.all()
     assert disp.tolist() == [[4, -6]] * 3
     # off the lattice (odd displacement with step 2) nothing matches exactly
     x2 = np.roll(ref, shift=(-3, 0), axis=(1, 2))
-    _, ok2 = diamond_search(
-        x2, ref, blocks, block=10, step=(2, 2), search_range=8, limit=1e-6
-    )
+    _, ok2 = diamond_search(x2, ref, blocks, block=10, step=(2, 2), search_range=8, limit=1e-6)
     assert not ok2.any()
 
 
 def _texture(h: int, w: int, seed: int = 0) -> F32:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]
-    img = np.stack(
-        [np.sin(yy / 5.0) + np.cos(xx / 7.0), np.sin((xx + yy) / 6.0), np.cos(xx / 4.0)]
-    )
+    img = np.stack([np.sin(yy / 5.0) + np.cos(xx / 7.0), np.sin((xx + yy) / 6.0), np.cos(xx / 4.0)])
     return (img * 60 + rng.standard_normal((3, h, w)) * 4).astype(np.float32)[None]
 
 
 @pytest.mark.parametrize(("shift", "copies"), [((4, -8), True), ((1, 0), False)])
-def test_camera_motion_copies_only_stride_multiples(
-    shift: tuple[int, int], copies: bool
-) -> None:
+def test_camera_motion_copies_only_stride_multiples(shift: tuple[int, int], copies: bool) -> None:
     cfg = LayerCacheConfig(
         psnr_db=60.0,
         input_range=255.0,
@@ -820,9 +785,7 @@ def test_runner_state_is_bounded_and_keys_are_separate() -> None:
     probe.run("small", frame((1, 3, 21, 21)))
     small = probe.stats().cached_bytes - big
     budget = big + small + small // 2
-    runner = LayerCachedRunner(
-        m, EXACT.model_copy(update={"max_bytes": budget}), cost_model=CHEAP
-    )
+    runner = LayerCachedRunner(m, EXACT.model_copy(update={"max_bytes": budget}), cost_model=CHEAP)
     # a pyramid: one key per (stream, scale), each with its own size
     scales = {("cam", 0): (30, 30), ("cam", 1): (21, 21), ("cam2", 0): (30, 30)}
     frames = {k: frame((1, 3, *hw), seed=i) for i, (k, hw) in enumerate(scales.items())}
@@ -925,7 +888,5 @@ def test_heavy_imports_are_lazy() -> None:
         "import sys, streamedge.caches.layer, streamedge.caches.layer_config; "
         "print(sorted(m for m in ('onnx', 'onnxruntime', 'cv2') if m in sys.modules))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
