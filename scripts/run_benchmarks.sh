@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# `make bench`: fetch the full sample videos if possible, then run every benchmark.
+# Each writes its figures to bench-results/<name>.json and prints its table.
+# Add a benchmark: put it in benchmarks/ and add one line below.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=bench-results
+mkdir -p "$OUT"
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1  # idle BLAS threads spin on a small box
+
+./scripts/fetch_data.sh || echo "(full videos unavailable; benchmarks use the committed excerpts)"
+VTEST=$($PY -c 'from streamedge.datasets import find_video; print(find_video("vtest"))')
+PNET=streamedge/models/data/mtcnn/pnet.onnx
+
+failed=0
+run() {
+  local name=$1; shift
+  echo
+  echo "==================== $name ===================="
+  if ! "$PY" "benchmarks/$name.py" "$@" --json "$OUT/$name.json"; then
+    echo "benchmark $name FAILED"
+    failed=1
+  fi
+}
+
+run filters_cost --video "$VTEST"
+run lookup
+run layer_cache --model "$PNET" --video "$VTEST" --frames 100 --scales 0.6 0.3
+
+echo
+echo "results in $OUT/"
+exit $failed
