@@ -35,6 +35,25 @@ class PublisherStats:
     by_device: dict[str, int] = field(default_factory=dict)
 
 
+async def _send(
+    client: aiomqtt.Client,
+    topic: str,
+    payload: bytes,
+    qos: int,
+    stats: PublisherStats,
+    device: str,
+) -> None:
+    """Publish one message and count it (a failure is counted, not raised)."""
+    try:
+        await client.publish(topic, payload, qos=qos)
+    except aiomqtt.MqttError:
+        stats.errors += 1
+        return
+    stats.messages += 1
+    stats.bytes += len(payload)
+    stats.by_device[device] = stats.by_device.get(device, 0) + 1
+
+
 def video_frames(path: Path, *, loop: bool = True) -> Iterator[Image]:
     """Frames of a video file (BGR), looping forever when ``loop``."""
     import cv2
@@ -109,14 +128,7 @@ async def run_cameras(
                 jitter = noise.integers(-2, 3, base.shape, dtype=np.int16)
                 image = np.clip(base.astype(np.int16) + jitter, 0, 255).astype(np.uint8)
                 payload = await asyncio.to_thread(encode_jpeg, image)
-                try:
-                    await client.publish(f"{prefix}/in/{name}/camera", payload, qos=0)
-                except aiomqtt.MqttError:
-                    stats.errors += 1
-                    continue
-                stats.messages += 1
-                stats.bytes += len(payload)
-                stats.by_device[name] = stats.by_device.get(name, 0) + 1
+                await _send(client, f"{prefix}/in/{name}/camera", payload, 0, stats, name)
             next_at += period
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
     return stats
@@ -154,15 +166,7 @@ async def run_sensors(
                     (f"{prefix}/in/{name}/power", {"ts": now, "watts": round(watts[i])}, 0),
                 ]
                 for topic, doc, qos in readings:
-                    payload = json.dumps(doc).encode()
-                    try:
-                        await client.publish(topic, payload, qos=qos)
-                    except aiomqtt.MqttError:
-                        stats.errors += 1
-                        continue
-                    stats.messages += 1
-                    stats.bytes += len(payload)
-                    stats.by_device[name] = stats.by_device.get(name, 0) + 1
+                    await _send(client, topic, json.dumps(doc).encode(), qos, stats, name)
             next_at += period
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
     return stats

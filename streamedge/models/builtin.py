@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -85,9 +86,45 @@ def _two_class_head(w: npt.NDArray[np.float64], b: float) -> tuple[np.ndarray, n
     return weight, bias
 
 
-def _presence_graph(head: tuple[np.ndarray, np.ndarray] | None) -> bytes:
+def _finish_graph(
+    name: str,
+    graph_input: tuple[str, list[int]],
+    nodes: list[Any],
+    inits: list[Any],
+    *,
+    n_features: int,
+    head: tuple[np.ndarray, np.ndarray] | None,
+) -> bytes:
+    """Close a feature graph: output the features, or add the 2-class head and softmax."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+
+    outputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, n_features])]
+    if head is not None:
+        weight, bias = head
+        inits = [*inits, numpy_helper.from_array(weight, "hw"), numpy_helper.from_array(bias, "hb")]
+        nodes = [
+            *nodes,
+            helper.make_node("Gemm", ["features", "hw", "hb"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["scores"], axis=1),
+        ]
+        outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 2])]
+    in_name, in_shape = graph_input
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info(in_name, TensorProto.FLOAT, in_shape)],
+        outputs,
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def _presence_graph(head: tuple[np.ndarray, np.ndarray] | None) -> bytes:
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(7)
     w1 = rng.normal(0, 0.5, (12, 3, 3, 3)).astype(np.float32)
@@ -109,26 +146,9 @@ def _presence_graph(head: tuple[np.ndarray, np.ndarray] | None) -> bytes:
         helper.make_node("GlobalMaxPool", ["r2"], ["g"]),
         helper.make_node("Flatten", ["g"], ["features"]),
     ]
-    outputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 24])]
-    if head is not None:
-        weight, bias = head
-        inits += [numpy_helper.from_array(weight, "hw"), numpy_helper.from_array(bias, "hb")]
-        nodes += [
-            helper.make_node("Gemm", ["features", "hw", "hb"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["scores"], axis=1),
-        ]
-        outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 2])]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_presence",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
-        outputs,
-        inits,
+    return _finish_graph(
+        "tiny_presence", ("image", [1, 3, 32, 32]), nodes, inits, n_features=24, head=head
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return bytes(model.SerializeToString())
 
 
 def presence_training_set(n: int = 1200, seed: int = 11) -> tuple[np.ndarray, np.ndarray]:
@@ -148,20 +168,29 @@ def presence_training_set(n: int = 1200, seed: int = 11) -> tuple[np.ndarray, np
     return np.concatenate(xs), np.asarray(ys)
 
 
-def build_tiny_presence() -> bytes:
-    """Train the presence head on generated scenes and return the ONNX bytes."""
+def _train_head(
+    graph: Callable[[tuple[np.ndarray, np.ndarray] | None], bytes],
+    input_name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+) -> bytes:
+    """Run the feature graph over the training set, fit the head, return the full model."""
     from streamedge.models.onnx_runtime import make_session
 
-    x, y = presence_training_set()
-    features_session = make_session(_presence_graph(None))
-    feats = np.concatenate([features_session.run(None, {"image": xi[None]})[0] for xi in x])
+    session = make_session(graph(None))
+    feats = np.concatenate([session.run(None, {input_name: xi[None]})[0] for xi in x])
     w, b = _logistic_regression(feats.astype(np.float64), y)
-    return _presence_graph(_two_class_head(w, b))
+    return graph(_two_class_head(w, b))
+
+
+def build_tiny_presence() -> bytes:
+    """Train the presence head on generated scenes and return the ONNX bytes."""
+    x, y = presence_training_set()
+    return _train_head(_presence_graph, "image", x, y)
 
 
 def _anomaly_graph(head: tuple[np.ndarray, np.ndarray] | None) -> bytes:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     n, f = WINDOW_SIZE, len(WINDOW_FIELDS)
     inits = [
@@ -188,26 +217,9 @@ def _anomaly_graph(head: tuple[np.ndarray, np.ndarray] | None) -> bytes:
         helper.make_node("Sqrt", ["var"], ["std"]),
         helper.make_node("Concat", ["lastdev", "maxdev", "maxstep", "std"], ["features"], axis=1),
     ]
-    outputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 4 * f])]
-    if head is not None:
-        weight, bias = head
-        inits += [numpy_helper.from_array(weight, "hw"), numpy_helper.from_array(bias, "hb")]
-        nodes += [
-            helper.make_node("Gemm", ["features", "hw", "hb"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["scores"], axis=1),
-        ]
-        outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 2])]
-    graph = helper.make_graph(
-        nodes,
-        "sensor_anomaly",
-        [helper.make_tensor_value_info("window", TensorProto.FLOAT, [1, n, f])],
-        outputs,
-        inits,
+    return _finish_graph(
+        "sensor_anomaly", ("window", [1, n, f]), nodes, inits, n_features=4 * f, head=head
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return bytes(model.SerializeToString())
 
 
 def anomaly_training_set(
@@ -230,13 +242,8 @@ def anomaly_training_set(
 
 def build_sensor_anomaly() -> bytes:
     """Train the anomaly head on simulated readings and return the ONNX bytes."""
-    from streamedge.models.onnx_runtime import make_session
-
     x, y = anomaly_training_set()
-    session = make_session(_anomaly_graph(None))
-    feats = np.concatenate([session.run(None, {"window": xi[None]})[0] for xi in x])
-    w, b = _logistic_regression(feats.astype(np.float64), y)
-    return _anomaly_graph(_two_class_head(w, b))
+    return _train_head(_anomaly_graph, "window", x, y)
 
 
 BUILDERS: dict[str, Callable[[], bytes]] = {
