@@ -154,8 +154,8 @@ class Processor:
             state = StreamState(rule=rule)
             self._states[key] = state
             while len(self._states) > self._max_streams:
-                old_key, _ = self._states.popitem(last=False)
-                for flt in rule.chain.filters:
+                old_key, old = self._states.popitem(last=False)
+                for flt in old.rule.chain.filters:
                     flt.reset(old_key)
         else:
             self._states.move_to_end(key)

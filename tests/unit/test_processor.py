@@ -271,3 +271,15 @@ async def test_concurrent_identical_misses_share_one_inference() -> None:
     assert [o.kind for o in outcomes] == ["answered"] * 3
     assert len(infer.calls) == 1
     assert len(sink.sent) == 3
+
+
+async def test_stream_state_is_bounded_and_evicted_streams_are_reset() -> None:
+    chain = FilterChain([DuplicateFilter(DuplicateFilterConfig())])
+    proc, rule, _, _, _, _ = make(apps=False, filters=chain)
+    proc._max_streams = 2
+    for device in ("a", "b", "c"):
+        await proc.handle(raw(b'{"t": 1}', device), rule)
+    assert proc.streams == 2
+    # "a" was evicted with its filter state: the same reading passes again.
+    outcome = await proc.handle(raw(b'{"t": 1}', "a"), rule)
+    assert outcome.tier == "forward"
