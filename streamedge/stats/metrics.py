@@ -462,7 +462,7 @@ class Stats:
             raise ValueError(f"unknown cache level {level!r}; expected one of {LEVELS}")
         entry = self.namespaces.get(namespace)
         if entry is None:
-            if len(self.namespaces) >= self.MAX_NAMESPACES:
+            if len(self.namespaces) >= self.MAX_NAMESPACES - 1:
                 namespace = "other"
                 entry = self.namespaces.get(namespace)
             if entry is None:

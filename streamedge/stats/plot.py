@@ -126,11 +126,15 @@ def plot_history(doc: dict[str, Any], path: Path) -> Path:
     else:
         ax.text(0.5, 0.5, "no drops", ha="center", transform=ax.transAxes)
     ax = axes[3]
+    colors: dict[str, str] = {}
     for name, lat in data.latency_ms.items():
+        base = name.rsplit(" ", 1)[0]  # p50 and p95 of one tier share a colour
+        color = colors.setdefault(base, f"C{len(colors) % 10}")
         ax.plot(
             data.minutes,
             [float("nan") if v is None else v for v in lat],
             label=name,
+            color=color,
             linestyle="--" if name.endswith("p95") else "-",
         )
     ax.set_ylabel("latency (ms)")
