@@ -143,7 +143,7 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
     if isinstance(reuse, dict):
         out.append(
             (
-                "no inference needed",
+                "reused answers",
                 f"{_pct(reuse.get('ratio'))} since start, {_pct(reuse.get('window_ratio'))} "
                 f"over {doc.get('window_s', 0):.0f} s",
             )
@@ -296,7 +296,7 @@ def dashboard(doc: dict[str, Any], trend: Trend) -> RenderableType:
         "input rate", f"{sparkline(list(trend.rate))}  {'-' if rate is None else f'{rate:.1f}'}/s"
     )
     table.add_row(
-        "no inference needed",
+        "reused answers",
         f"{sparkline(list(trend.hit), top=1.0)}  {_pct(trend.hit[-1] if trend.hit else None)}",
     )
     drops = trend.drops[-1] if trend.drops else None

@@ -627,10 +627,10 @@ class Stats:
             "cache": cache,
             "reuse": {
                 "answers": answered,
-                "without_inference": reused,
+                "reused": reused,
                 "ratio": ratio(reused, answered),
                 "window_answers": w_answered,
-                "window_without_inference": w_reused,
+                "window_reused": w_reused,
                 "window_ratio": ratio(w_reused, w_answered),
             },
             "accuracy": {

@@ -65,7 +65,7 @@ def series(doc: dict[str, Any]) -> Series:
             out.hit_ratio[level] = [_div(h, h + m) for h, m in zip(hits, misses, strict=True)]
     reused = [a + b for a, b in zip(col("answers.cache"), col("answers.filter"), strict=True)]
     if any(col("answered")):
-        out.hit_ratio["reuse (no inference)"] = [
+        out.hit_ratio["reused answers"] = [
             _div(r, a) for r, a in zip(reused, col("answered"), strict=True)
         ]
     for name, values in sorted(counts.items()):

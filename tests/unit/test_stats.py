@@ -264,12 +264,12 @@ def test_recheck_namespaces_are_capped() -> None:
     assert namespaces["other"]["checked"] == 11
 
 
-def test_reuse_ratio_counts_answers_without_inference() -> None:
+def test_reuse_ratio_counts_answers_reused() -> None:
     st = make_stats(Clock())
     for tier in ("cache", "cache", "filter", "local"):
         st.answered("d/s", tier, 0.01)
     reuse = st.snapshot()["reuse"]
-    assert reuse["answers"] == 4 and reuse["without_inference"] == 3
+    assert reuse["answers"] == 4 and reuse["reused"] == 3
     assert reuse["ratio"] == 0.75 and reuse["window_ratio"] == 0.75
 
 

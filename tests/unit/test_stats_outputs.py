@@ -263,7 +263,7 @@ def test_plot_series_are_derived_from_the_history() -> None:
     assert data.rates["in"][0] == pytest.approx(2.0)  # 20 messages in 10 s
     assert data.hit_ratio["application"][0] == 0.0
     assert data.hit_ratio["application"][5] == pytest.approx(5 / 20)
-    assert data.hit_ratio["reuse (no inference)"][5] == pytest.approx(5 / 20)
+    assert data.hit_ratio["reused answers"][5] == pytest.approx(5 / 20)
     assert data.drops["bad_payload"][:4] == [1, 0, 0, 1]
     assert "local p95" in data.latency_ms and "end_to_end p50" in data.latency_ms
 
