@@ -318,3 +318,20 @@ async def test_the_stats_cli_against_a_live_gateway(
     other = ["--host", mqtt_broker.host, "--port", str(mqtt_broker.port), "--prefix", prefix + "x"]
     assert await cli("stats", *other, "--timeout", "1") == 1
     assert "no answer from a gateway" in capsys.readouterr().err
+
+
+async def test_a_taken_metrics_port_stops_the_gateway_at_start(
+    mqtt_broker: BrokerInfo, prefix: str, models_dir: Path
+) -> None:
+    import socket
+
+    from streamedge.errors import TransportError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        gw = Gateway(stats_config(mqtt_broker, prefix, models_dir, http={"port": port}))
+        with pytest.raises(TransportError, match=f"cannot listen on 127.0.0.1:{port}"):
+            await asyncio.wait_for(gw.run(asyncio.Event()), 30)
+    assert gw.readiness() == (False, "starting")
