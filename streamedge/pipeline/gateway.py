@@ -47,6 +47,7 @@ from streamedge.records import (
     RawMessage,
     StreamKey,
 )
+from streamedge.stats.http import StatsHttpServer
 from streamedge.stats.metrics import Stats
 from streamedge.stats.publisher import StatsPublisher
 from streamedge.topics import TopicScheme
@@ -99,6 +100,13 @@ class Gateway:
         )
         self.stats_publisher = StatsPublisher(
             self.stats, cfg.stats, transport=self.transport, topics=self.topics
+        )
+        self.http = (
+            StatsHttpServer(
+                cfg.stats.http, stats=self.stats, readiness=self.readiness, name=self.name
+            )
+            if cfg.stats.http.port is not None
+            else None
         )
         self.shards = ShardSet(
             cfg.pipeline.shards, max_bytes=cfg.pipeline.max_queued_bytes, on_drop=self._queue_drop
@@ -206,6 +214,8 @@ class Gateway:
                         start_timeout_s=self.cfg.mqtt.embedded.start_timeout_s,
                     )
                 )
+            if self.http is not None:
+                await stack.enter_async_context(self.http)  # bind now: a taken port fails fast
             if self.processor is None:
                 await self.build()
             assert self.router is not None  # noqa: S101  # set by build()
@@ -222,6 +232,11 @@ class Gateway:
                 ]
                 stats_task = tg.create_task(
                     self.stats_publisher.run(), name=f"streamedge[{self.name}].stats"
+                )
+                http_task = (
+                    tg.create_task(self.http.serve(), name=f"streamedge[{self.name}].http")
+                    if self.http is not None
+                    else None
                 )
                 self._accepting = True
                 waiter = tg.create_task(
@@ -242,6 +257,8 @@ class Gateway:
                 waiter.cancel()
                 await self._shutdown(workers)
                 stats_task.cancel()
+                if http_task is not None:
+                    http_task.cancel()
                 transport_task.cancel()
 
     async def _shutdown(self, workers: list[asyncio.Task[None]]) -> None:
@@ -368,6 +385,16 @@ class Gateway:
             self.stats.dropped(outcome.reason or "unknown", skey)
 
     # -- stats -------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the gateway takes input now, and why not (``/readyz``)."""
+        if not self.ready.is_set():
+            return False, "starting"
+        if not self._accepting:
+            return False, "stopping"
+        if not self.transport.connected:
+            return False, "broker disconnected"
+        return True, "ok"
+
     def _queue_gauge(self) -> JSON:
         return {
             "depth": self.shards.depth,

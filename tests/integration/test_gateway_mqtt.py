@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from streamedge.pipeline.gateway import Gateway
+from streamedge.stats.metrics import Stats
 from tests.conftest import BrokerInfo, BrokerProcess
 from tests.integration.helpers import client, collect, gateway_config, running, wait_until
 
@@ -86,7 +87,7 @@ async def test_stats_snapshot_is_retained_and_answers_requests(
     snap = retained[0][1]
     assert snap["messages"]["in"] == 5
     assert snap["messages"]["answered"] == 5
-    assert snap["schema_version"] == 1
+    assert snap["schema_version"] == Stats.SCHEMA_VERSION
     reply = replies[0][1]
     assert reply["correlation"] == 7
     assert list(reply["streams"]) == ["m1/power"]
