@@ -102,7 +102,9 @@ class _Connection:
     def failed(self, exc: aiomqtt.MqttError, *, v5: bool) -> float:
         """Record a failed or lost connection; return the delay before the next try."""
         if self.v5 is None and v5:
-            refused = isinstance(exc, aiomqtt.MqttCodeError) and exc.rc in _REFUSED_V5
+            code = getattr(exc, "rc", None)
+            code = getattr(code, "value", code)  # an int, or paho's ReasonCode
+            refused = isinstance(code, int) and code in _REFUSED_V5
             logger.info(
                 "%s: MQTT 5 %s; trying MQTT 3.1.1",
                 self.broker.client_id,

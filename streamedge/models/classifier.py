@@ -69,6 +69,11 @@ class OnnxClassifier:
         return self._input_name
 
     @property
+    def input_rank(self) -> int:
+        """Dimensions of the ONNX graph's input."""
+        return len(self._input_shape)
+
+    @property
     def window_shape(self) -> tuple[int, int]:
         """(readings, fields) a window model takes, from its declared input shape."""
         dims = [d if isinstance(d, int) and d > 0 else 1 for d in self._input_shape]

@@ -160,10 +160,17 @@ class OipApp:
 
     @staticmethod
     def _raw_tensor(model: Any, req: oip.InferRequest) -> oip.Tensor | None:
+        """The graph's own input tensor, if the request sends that (not a frame or window).
+
+        Told apart by name, datatype and rank: a 2-D ``window`` is a window of
+        readings even when the graph's input is also called ``window`` (3-D).
+        """
         input_name = getattr(model, "input_name", None)
-        if isinstance(input_name, str) and input_name in req.inputs:
-            return req.inputs[input_name]
-        return None
+        rank = getattr(model, "input_rank", None)
+        tensor = req.inputs.get(input_name) if isinstance(input_name, str) else None
+        if tensor is None or tensor.datatype != "FP32" or len(tensor.shape) != rank:
+            return None
+        return tensor
 
     async def _run_raw(
         self, name: str, model: Any, tensor: oip.Tensor, req: oip.InferRequest

@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 class Worker:
     """Loads the configured models and serves them until ``stop`` is set."""
 
-    def __init__(self, cfg: WorkerConfig) -> None:
+    def __init__(self, cfg: WorkerConfig, *, http_middlewares: list[Any] | None = None) -> None:
         self.cfg = cfg
+        self._middlewares = http_middlewares
         self.name = cfg.worker.name
         self.models: dict[str, Model] = {}
         self.decoder = PayloadDecoder(max_frame_pixels=8192 * 8192)
@@ -123,7 +124,7 @@ class Worker:
             if self.cfg.http.enabled:
                 from streamedge.worker.http import start_http
 
-                runner, self.http_port = await start_http(self, self.cfg.http)
+                runner, self.http_port = await start_http(self, self.cfg.http, self._middlewares)
             try:
                 async with asyncio.TaskGroup() as tg:
                     mqtt_ready = asyncio.Event()
