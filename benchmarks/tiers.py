@@ -56,8 +56,8 @@ from streamedge.inference.config import BuiltinModelConfig, InferenceConfig
 from streamedge.inference.factory import EdgeDefaults, build_router
 from streamedge.inference.router import TierRouter
 from streamedge.inference.wire import encode_input, pack
-from streamedge.models.factory import build_model
 from streamedge.models.config import MtcnnModelConfig
+from streamedge.models.factory import build_model
 from streamedge.models.mtcnn import build_mtcnn
 from streamedge.models.onnx_runtime import SessionSettings
 from streamedge.records import Frame, InferenceRequest, ModelRef, StreamKey

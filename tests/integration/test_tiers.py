@@ -69,9 +69,9 @@ async def test_edge_tier_answers_like_the_local_model(
                 assert result.answer == local_models[PRESENCE].predict(req.input).answer
         assert r.backends[0].rpc.protocol == protocol  # type: ignore[attr-defined]
         assert worker.mqtt is not None and worker.mqtt.protocol == protocol
+        wrong = InferenceRequest(model=ModelRef("tiny_presence", "9"), input=req.input)
         with pytest.raises(AllTiersFailedError, match="version_mismatch"):
-            bad = presence_request(0)
-            await r.infer(InferenceRequest(model=ModelRef("tiny_presence", "9"), input=bad.input))
+            await r.infer(wrong)
 
 
 async def test_a_second_worker_takes_half_the_requests_with_no_config_change(
@@ -189,7 +189,7 @@ class Faults:
 
 async def _until_tier(r: Any, req: InferenceRequest, tier: Tier) -> None:
     async with asyncio.timeout(20):
-        while (await r.infer(req)).tier is not tier:
+        while (await r.infer(req)).tier is not tier:  # noqa: ASYNC110  # polls the router
             await asyncio.sleep(0.05)
 
 
@@ -199,7 +199,7 @@ async def test_failing_cloud_opens_its_breaker_moves_traffic_and_recovers(
 ) -> None:
     faults = Faults()
     async with serving(worker_config(None, prefix, models_dir), [faults.middleware()]) as w:
-        tiers = [
+        tiers: list[dict[str, Any]] = [
             {
                 "type": "cloud",
                 "url": f"http://127.0.0.1:{w.http_port}",
@@ -234,7 +234,7 @@ async def test_worker_killed_mid_stream_fails_over_without_hanging(
     proc = start_worker_process(path, name=f"k-{prefix[-6:]}")
     timeout_s = 2.0
     try:
-        tiers = [
+        tiers: list[dict[str, Any]] = [
             {"type": "edge", "timeout_s": timeout_s, "breaker": {"failures": 3, "reset_s": 60}},
             {"type": "local"},
         ]
@@ -306,7 +306,7 @@ async def test_all_tiers_down_urgent_get_errors_non_urgent_wait_for_recovery(
         await c.subscribe(f"{prefix}/out/#", qos=1)
         await c.publish(f"{prefix}/in/cam1/backlog", jpg, qos=1)
         await wait_until(lambda: gw.stats.deferred == 1)
-        assert len(list(store_dir.glob("*.req"))) == 1  # noqa: ASYNC240
+        assert len(list(store_dir.glob("*.req"))) == 1
         await c.publish(f"{prefix}/in/cam1/camera", jpg, qos=1)
         ((topic, doc),) = await collect(c, 1)
         assert topic == f"{prefix}/out/cam1/camera"
@@ -323,4 +323,4 @@ async def test_all_tiers_down_urgent_get_errors_non_urgent_wait_for_recovery(
     assert snap["drops"] == {"inference_failed": 1}
     assert snap["tiers"]["store_and_forward"]["answered"] == 1
     assert snap["messages"]["pending"] == 0
-    assert not list(store_dir.glob("*.req"))  # noqa: ASYNC240
+    assert not list(store_dir.glob("*.req"))

@@ -113,7 +113,7 @@ def scene(seed: int, size: tuple[int, int] = (96, 128)) -> tuple[Frame, bytes]:
     image[y : y + 30, x : x + 20] = rng.integers(120, 255, 3, dtype=np.uint8)
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert ok
-    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    decoded = np.asarray(cv2.imdecode(buf, cv2.IMREAD_COLOR), dtype=np.uint8)
     return Frame(stream=StreamKey("cam", "camera"), ts=1.0, image=decoded), bytes(buf)
 
 
