@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", type=Path, help="worker config file (YAML, TOML or JSON)")
     parser.add_argument("--name", help="worker name (default: <hostname>-<pid>)")
     parser.add_argument("--http-port", type=int, help="override http.port (0: any free port)")
+    parser.add_argument(
+        "--check", action="store_true", help="validate the config and exit (2 if invalid)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from streamedge.worker.config import load_worker_config
 
     cfg = load_worker_config(args.config)
+    if args.check:
+        print(f"{args.config}: OK ({len(cfg.models)} model(s))")
+        return EXIT_OK
     if args.name:
         cfg = cfg.model_copy(update={"worker": cfg.worker.model_copy(update={"name": args.name})})
     if args.http_port is not None:

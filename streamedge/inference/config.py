@@ -287,7 +287,14 @@ class EscalationRule(Model):
     model: str = Field("*", description="Model name this rule applies to ('*': every model).")
     tiers: list[str] = Field(
         default_factory=lambda: ["local"],
-        description="Tiers whose answers are checked (stronger tiers are the later ones).",
+        description="Tiers whose answers are checked.",
+    )
+    to: list[str] | None = Field(
+        None,
+        description=(
+            "Stronger tiers tried, in order, for a hard example; none: every tier configured "
+            "after the one that answered."
+        ),
     )
     min_confidence: float | None = Field(
         None,
@@ -370,7 +377,7 @@ class InferenceConfig(Model):
             msg = f"duplicate tier names: {', '.join(dupes)} (give each tier a 'name')"
             raise ValueError(msg)
         for rule in self.escalation:
-            unknown = [t for t in rule.tiers if t not in names]
+            unknown = [t for t in [*rule.tiers, *(rule.to or [])] if t not in names]
             if unknown:
                 msg = f"escalation.tiers: unknown tier(s) {', '.join(unknown)}"
                 raise ValueError(msg)

@@ -316,9 +316,14 @@ class TierRouter:
         tiers: list[TierState],
     ) -> InferenceResult:
         rules = [r for r in self.cfg.escalation if r.applies(request.model.name, tier.name)]
-        if not any(is_hard(result, rule) for rule in rules):
+        hard = next((rule for rule in rules if is_hard(result, rule)), None)
+        if hard is None:
             return result
-        stronger = [t for t in tiers if t.index > tier.index]
+        if hard.to is None:
+            stronger = [t for t in tiers if t.index > tier.index]
+        else:
+            by_name = {t.name: t for t in tiers}
+            stronger = [by_name[n] for n in hard.to if n in by_name and n != tier.name]
         if not stronger:
             return result
         tier.escalations += 1

@@ -14,6 +14,7 @@ from streamedge.config import (
     LoggingConfig,
     _default_data_dir,
     _read_mapping,
+    _walk,
     format_validation_error,
 )
 from streamedge.errors import ConfigError
@@ -124,3 +125,25 @@ def load_worker_config(path: str | Path) -> WorkerConfig:
     path = Path(path)
     data = _read_mapping(path)
     return parse_worker_config(data, base_dir=path.resolve().parent, source=str(path))
+
+
+def worker_reference_markdown() -> str:
+    """``docs/worker-config-reference.md``: every worker key, its type, default and meaning."""
+    out = ["# streamedge worker configuration keys", ""]
+    seen: set[str] = set()
+    for key, kind, default, desc in _walk(WorkerConfig, ""):
+        if key in seen:
+            continue
+        seen.add(key)
+        line = f"{key}  ({kind})"
+        if default:
+            line += f"  default {default}"
+        out.append(line)
+        if desc:
+            out.append(f"    {desc}")
+    return (
+        "# Worker configuration reference\n\n"
+        "Keys of a `streamedge worker` config file (`make docs` rewrites this file; a test\n"
+        "checks it is current). `models` takes the same entries as a gateway's `models`.\n\n"
+        "```text\n" + "\n".join(out) + "\n```\n"
+    )

@@ -135,6 +135,15 @@ async def test_low_confidence_escalates_and_the_stronger_answer_wins() -> None:
     assert b.calls == 1
 
 
+async def test_escalation_goes_to_the_named_tiers() -> None:
+    cfg = config(escalation=[{"tiers": ["a"], "to": ["c"], "min_confidence": 0.6}])
+    router, (a, b, c), _, _ = make(cfg)
+    a.confidence = 0.3
+    async with router:
+        assert (await router.infer(request())).backend == "c"
+    assert (b.calls, c.calls) == (0, 1)
+
+
 async def test_high_entropy_escalates() -> None:
     cfg = config(escalation=[{"tiers": ["a"], "max_entropy": 0.9}])
     router, (a, _, _), _, _ = make(cfg)
