@@ -27,6 +27,7 @@ run() {
 run filters_cost --video "$VTEST"
 run lookup
 run layer_cache --model "$PNET" --video "$VTEST" --frames 100 --scales 0.6 0.3
+run tiers --video "$VTEST"
 
 echo
 echo "results in $OUT/"

@@ -53,7 +53,7 @@ class EdgeBackend:
         # Give the connection and the workers' retained announcements a moment, so
         # the first requests do not fail over just because the tier is starting.
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(3.0, self._cfg.timeout_s * 2)):
+            async with asyncio.timeout(min(1.0, self._cfg.timeout_s * 2)):
                 await self.rpc.connected.wait()
                 while not self.rpc.workers:  # noqa: ASYNC110  # retained statuses arrive at once
                     await asyncio.sleep(0.02)
