@@ -341,6 +341,7 @@ class MqttRpcServer:
         concurrency: int,
         max_pending: int,
         qos: int = 0,
+        admit: int | None = None,
     ) -> None:
         self.broker = broker
         self.prefix = prefix
@@ -349,6 +350,9 @@ class MqttRpcServer:
         self.models = list(models)
         self._handler = handler
         self.concurrency = concurrency
+        # Requests handed to the handler at once: more than the runners, so that
+        # waiting requests can form batches in the local backend.
+        self._admit = admit or concurrency
         self._max_pending = max_pending
         self.qos = qos
         self.status_topic = workers_topic(prefix, worker)
@@ -413,7 +417,7 @@ class MqttRpcServer:
         # Request tasks live exactly as long as this connection: created here,
         # cancelled and awaited in the finally (a TaskGroup would wrap the
         # MqttError that ends the connection into an ExceptionGroup).
-        slots = asyncio.Semaphore(self.concurrency)
+        slots = asyncio.Semaphore(self._admit)
         tasks: set[asyncio.Task[None]] = set()
         try:
             async for message in client.messages:

@@ -38,7 +38,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 from streamedge.errors import (
     AllTiersFailedError,
@@ -51,6 +51,7 @@ from streamedge.errors import (
 )
 from streamedge.inference.breaker import CircuitBreaker
 from streamedge.inference.config import EscalationRule, InferenceConfig, TierCommon
+from streamedge.inference.store import StoredEntry, StoreFullError
 from streamedge.protocols import InferenceBackend
 from streamedge.records import JSON, Clock, InferenceRequest, InferenceResult
 
@@ -206,10 +207,6 @@ class TierRouter:
         await self._stack.__aexit__(exc_type, exc, tb)
 
     # -- routing -----------------------------------------------------------------
-    def authoritative(self, result: InferenceResult) -> bool:
-        """Whether the tier that produced ``result`` may write it back into caches."""
-        return result.authoritative
-
     def is_urgent(self, request: InferenceRequest) -> bool:
         """Non-urgent: marked so, or its stream matches ``store_and_forward.streams``."""
         if not request.urgent:
@@ -348,8 +345,6 @@ class TierRouter:
     async def _defer(
         self, request: InferenceRequest, causes: list[BaseException], detail: str
     ) -> InferenceResult:
-        from streamedge.inference.store import StoreFullError
-
         assert self.store is not None  # noqa: S101  # checked by the caller
         try:
             entry = await asyncio.to_thread(self.store.put, request)
@@ -398,7 +393,7 @@ class TierRouter:
                 self.late_answered += 1
                 await self._late(request, result, None)
 
-    async def _give_up(self, entry: Any, reason: str) -> None:
+    async def _give_up(self, entry: StoredEntry, reason: str) -> None:
         assert self.store is not None  # noqa: S101  # only called by the drainer
         try:
             request, _ = await asyncio.to_thread(self.store.load, entry)

@@ -177,7 +177,8 @@ class Worker:
             worker=self.name,
             models=sorted(self.models),
             handler=self.handle_mqtt,
-            concurrency=rt.max_concurrency * rt.max_batch,
+            concurrency=rt.max_concurrency,
+            admit=rt.max_concurrency * rt.max_batch,
             max_pending=mq.max_pending,
             qos=mq.qos,
         )

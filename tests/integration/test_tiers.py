@@ -315,11 +315,18 @@ async def test_all_tiers_down_urgent_get_errors_non_urgent_wait_for_recovery(
         assert "edge" in doc["error"]["detail"]
         async with serving(worker_config(mqtt_broker, prefix, models_dir)) as worker:
             ((topic, doc),) = await collect(c, 1, timeout=30)
-        assert topic == f"{prefix}/out/cam1/backlog"
-        assert doc["tier"] == "edge" and doc["deferred"] is True and doc["app"] == "presence"
-        assert worker.mqtt is not None and worker.mqtt.served == 1
+            assert topic == f"{prefix}/out/cam1/backlog"
+            assert doc["tier"] == "edge" and doc["deferred"] is True
+            assert doc["app"] == "presence"
+            await c.publish(f"{prefix}/in/cam2/camera", jpg, qos=1)  # recovered: answered now
+            ((topic, doc),) = await collect(c, 1, timeout=30)
+            assert topic == f"{prefix}/out/cam2/camera"
+            assert doc["tier"] == "edge" and "deferred" not in doc
+        assert worker.mqtt is not None and worker.mqtt.served == 2
     snap = gw.stats.snapshot()
     assert snap["messages"]["deferred"] == 1
+    assert snap["answers_by_tier"] == {"edge": 1}
+    assert snap["inference"]["edge"]["calls"] >= 3  # failed attempts count too
     assert snap["drops"] == {"inference_failed": 1}
     assert snap["tiers"]["store_and_forward"]["answered"] == 1
     assert snap["messages"]["pending"] == 0
