@@ -8,7 +8,9 @@ All on loopback, in one run, side by side:
    device's JPEG bytes, and raw BGR bytes), and OIP v2 over HTTP against the
    same worker (JSON, and the binary tensor extension). The model is the
    small ``tiny_presence`` CNN, so the table shows the forwarding overhead
-   (path p50 minus in-process p50) rather than the model.
+   (path p50 minus in-process p50) rather than the model. A window of 16x2
+   readings through the anomaly model gives the messaging floor (no image
+   to move or decode).
 2. **Throughput** of MTCNN (the model dominates: ~100+ ms per frame) through
    the edge tier with 1 and then 2 ``streamedge worker`` processes on one
    shared subscription ($share), 8 requests in flight. Each worker runs one
@@ -60,10 +62,11 @@ from streamedge.models.config import MtcnnModelConfig
 from streamedge.models.factory import build_model
 from streamedge.models.mtcnn import build_mtcnn
 from streamedge.models.onnx_runtime import SessionSettings
-from streamedge.records import Frame, InferenceRequest, ModelRef, StreamKey
+from streamedge.records import Frame, InferenceRequest, ModelRef, StreamKey, Window
 
 PRESENCE = ModelRef("tiny_presence", "1")
 MTCNN = ModelRef("mtcnn", "1")
+ANOMALY = ModelRef("sensor_anomaly", "1")
 TARGET_OVERHEAD_MS = 5.0
 TARGET_SCALING = 1.7
 
@@ -143,7 +146,11 @@ def worker_yaml(path: Path, *, mqtt_port: int, http_port: int, data_dir: Path) -
         "worker": {"data_dir": str(data_dir)},
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "topic_prefix": "bench"},
         "http": {"port": http_port, "reuse_port": True},
-        "models": [{"type": "builtin", "name": "tiny_presence"}, {"type": "mtcnn"}],
+        "models": [
+            {"type": "builtin", "name": "tiny_presence"},
+            {"type": "builtin", "name": "sensor_anomaly"},
+            {"type": "mtcnn"},
+        ],
         "runtime": {"max_concurrency": 1, "max_batch": 1, "intra_op_threads": 1},
         "logging": {"level": "warning"},
     }
@@ -167,47 +174,64 @@ async def part1(
     http_port: int,
     data_dir: Path,
 ) -> list[LatencyRow]:
-    local_model = build_model(
-        BuiltinModelConfig(name="tiny_presence"),
-        data_dir=data_dir,
-        settings=SessionSettings(intra_op_threads=1),
+    settings = SessionSettings(intra_op_threads=1)
+    presence = build_model(
+        BuiltinModelConfig(name="tiny_presence"), data_dir=data_dir, settings=settings
     )
-    models = {PRESENCE: local_model}
+    anomaly = build_model(
+        BuiltinModelConfig(name="sensor_anomaly"), data_dir=data_dir, settings=settings
+    )
+    models = {PRESENCE: presence, ANOMALY: anomaly}
     edge = EdgeDefaults(port=mqtt_port, topic_prefix="bench", client_id="bench-gw")
     url = f"http://127.0.0.1:{http_port}"
     cloud = {"type": "cloud", "url": url, "timeout_s": 30}
-    paths: list[tuple[str, dict[str, Any], bytes | None]] = [
-        ("in-process (local tier)", {"type": "local", "max_concurrency": 1}, jpg),
-        ("edge MQTT, JPEG bytes", {"type": "edge", "timeout_s": 30}, jpg),
-        ("edge MQTT, raw BGR", {"type": "edge", "timeout_s": 30, "encoding": "raw"}, None),
-        ("OIP v2 JSON (raw UINT8)", {**cloud, "binary": "never"}, jpg),
-        ("OIP v2 binary (raw UINT8)", {**cloud, "binary": "always", "frames_as_jpeg": False}, jpg),
-        ("OIP v2 binary (JPEG BYTES)", {**cloud, "binary": "always"}, jpg),
+    local = {"type": "local", "max_concurrency": 1}
+    window = Window(
+        stream=StreamKey("bench", "env"),
+        ts=0.0,
+        fields=("temperature", "humidity"),
+        values=np.linspace(20, 40, 32, dtype=np.float32).reshape(16, 2),
+    )
+    frame_req = InferenceRequest(model=PRESENCE, input=frame, encoded=jpg)
+    raw_req = InferenceRequest(model=PRESENCE, input=frame)
+    window_req = InferenceRequest(model=ANOMALY, input=window)
+    paths: list[tuple[str, dict[str, Any], InferenceRequest]] = [
+        ("in-process (local tier)", local, frame_req),
+        ("edge MQTT, JPEG bytes", {"type": "edge", "timeout_s": 30}, frame_req),
+        ("edge MQTT, raw BGR", {"type": "edge", "timeout_s": 30, "encoding": "raw"}, raw_req),
+        ("OIP v2 JSON (raw UINT8)", {**cloud, "binary": "never"}, frame_req),
+        (
+            "OIP v2 binary (raw UINT8)",
+            {**cloud, "binary": "always", "frames_as_jpeg": False},
+            frame_req,
+        ),
+        ("OIP v2 binary (JPEG BYTES)", {**cloud, "binary": "always"}, frame_req),
+        ("window, in-process", local, window_req),
+        ("window, edge MQTT (messaging)", {"type": "edge", "timeout_s": 30}, window_req),
+        ("window, OIP v2 binary", {**cloud, "binary": "always"}, window_req),
     ]
-    expected = local_model.predict(frame).answer
     rows: list[LatencyRow] = []
-    base_p50: float | None = None
-    for label, tier, encoded in paths:
+    base_p50: dict[str, float] = {}
+    for label, tier, req in paths:
         cfg = InferenceConfig.model_validate({"tiers": [tier]})
         router = build_router(cfg, models, edge=edge)
-        req = InferenceRequest(model=PRESENCE, input=frame, encoded=encoded)
+        expected = models[req.model].predict(req.input).answer
         async with router:
             for _ in range(5):
                 result = await router.infer(req)
             match = result.answer == expected
             lat = await timed(router, [req] * args.samples)
-        size = request_bytes(tier, req)
         p50 = pct(lat, 50) * 1e3
-        if base_p50 is None:
-            base_p50 = p50
+        kind = req.model.name
+        base_p50.setdefault(kind, p50)  # the in-process path of each input comes first
         rows.append(
             LatencyRow(
                 path=label,
-                request_bytes=size,
+                request_bytes=request_bytes(tier, req),
                 p50_ms=round(p50, 3),
                 p95_ms=round(pct(lat, 95) * 1e3, 3),
                 mean_ms=round(float(np.mean(lat)) * 1e3, 3),
-                overhead_p50_ms=None if tier["type"] == "local" else round(p50 - base_p50, 3),
+                overhead_p50_ms=None if tier["type"] == "local" else round(p50 - base_p50[kind], 3),
                 answers_match=match,
             )
         )

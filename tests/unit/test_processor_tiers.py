@@ -91,3 +91,19 @@ async def test_late_answers_go_to_the_stream_and_the_reply_topic() -> None:
         "reason": "expired",
         "detail": "stored request given up",
     }
+
+
+def test_stats_count_escalations_and_deferred_messages() -> None:
+    from streamedge.stats.metrics import Stats
+
+    stats = Stats(gateway="t", version="0", clock=lambda: 0.0, wall_clock=lambda: 0.0)
+    for _ in range(3):
+        stats.received("cam/slow", 10)
+    stats.deferred_to_store("cam/slow")
+    stats.answered("cam/slow", "edge", 0.01)
+    stats.inference("local", 0.01, ok=True)
+    stats.escalation("local")
+    snap = stats.snapshot()
+    assert snap["messages"]["deferred"] == 1
+    assert snap["messages"]["pending"] == 1  # in 3 = answered 1 + deferred 1 + pending 1
+    assert snap["inference"]["local"]["escalations"] == 1
