@@ -86,6 +86,8 @@ def classifier_answer(
 ) -> tuple[JSON, float]:
     """A classifier answer (``label``, ``score``, ``scores``) from one row of scores."""
     row = np.asarray(scores, dtype=np.float32).reshape(-1)
+    if not row.size:
+        raise InferenceError("the server returned no class scores")
     if apply_softmax:
         row = softmax(row)
     best = int(np.argmax(row))

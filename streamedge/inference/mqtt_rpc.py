@@ -33,7 +33,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from streamedge.errors import BackendUnavailableError, DecodeError, InferenceError
+from streamedge.errors import BackendUnavailableError, DecodeError
 from streamedge.gateways.mqtt import backoff_delay
 from streamedge.inference.wire import pack, unpack
 
@@ -468,19 +468,22 @@ class MqttRpcServer:
         self, client: aiomqtt.Client, message: aiomqtt.Message, model: str, slots: asyncio.Semaphore
     ) -> None:
         body = _payload(message)
+        doc: dict[str, Any] | None = None
         try:
             try:
-                doc: dict[str, Any] | None = unpack(body)
+                doc = unpack(body)
             except DecodeError as exc:
                 self.bad_requests += 1
                 logger.warning("worker %s: malformed request: %s", self.worker, exc)
-                return
-            async with slots:
-                reply = await self._handler(model, body)
-            self.served += 1
+                reply = {"v": 1, "ok": False, "reason": exc.reason, "error": str(exc)}
+            else:
+                async with slots:
+                    reply = await self._handler(model, body)
+                self.served += 1
             await self._send(client, message, doc, reply)
-        except InferenceError as exc:  # the handler's contract says never; stay up anyway
-            logger.warning("worker %s: request failed: %s", self.worker, exc)
+        except Exception:  # one request's bug must not stop the worker: contain, log, go on
+            self.bad_requests += 1
+            logger.exception("worker %s: request failed", self.worker)
         finally:
             self.pending -= 1
 

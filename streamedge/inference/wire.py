@@ -125,9 +125,13 @@ def decode_input(
     data = bytes(data)
     kind = doc.get("kind")
     if kind == "window":
-        if not isinstance(shape, list) or len(shape) != 2:
+        if (
+            not isinstance(shape, list)
+            or len(shape) != 2
+            or not all(isinstance(d, int) for d in shape)
+        ):
             raise DecodeError("a window needs 'shape': [n, fields]", reason="bad_input")
-        n, f = (int(d) for d in shape)
+        n, f = shape
         if n <= 0 or f <= 0 or n * f * 4 != len(data):
             raise DecodeError(f"window of {len(data)} bytes != shape {shape}", reason="bad_input")
         fields = doc.get("fields") or []

@@ -331,3 +331,46 @@ async def test_all_tiers_down_urgent_get_errors_non_urgent_wait_for_recovery(
     assert snap["tiers"]["store_and_forward"]["answered"] == 1
     assert snap["messages"]["pending"] == 0
     assert not list(store_dir.glob("*.req"))
+
+
+async def test_bad_requests_get_error_replies_and_the_worker_keeps_serving(
+    mqtt_broker: BrokerInfo, prefix: str, models_dir: Path
+) -> None:
+    import aiomqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from streamedge.inference.wire import pack, unpack
+    from tests.integration.helpers import client
+
+    need_mqtt5(mqtt_broker)
+    bodies = [
+        b"\x00garbage",
+        pack({"model": "tiny_presence@1", "kind": "window", "data": b"x", "shape": ["a", 1]}),
+        pack({"model": "tiny_presence@1", "kind": "frame", "data": b"\xff\xd8\xffbroken"}),
+        pack({"model": "nope@1", "kind": "frame", "data": b"x"}),
+    ]
+    async with (
+        serving(worker_config(mqtt_broker, prefix, models_dir)) as worker,
+        client(mqtt_broker, protocol=aiomqtt.ProtocolVersion.V5) as c,
+    ):
+        await c.subscribe(f"{prefix}/replies/t", qos=0)
+        for i, body in enumerate(bodies):
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ResponseTopic = f"{prefix}/replies/t"
+            props.CorrelationData = bytes([i])
+            await c.publish(f"{prefix}/infer/tiny_presence", body, properties=props)
+        replies = {}
+        async with asyncio.timeout(15):
+            async for message in c.messages:
+                assert isinstance(message.payload, bytes)
+                doc = unpack(message.payload)
+                replies[doc["correlation"]] = doc
+                if len(replies) == len(bodies):
+                    break
+        assert all(not doc["ok"] for doc in replies.values())
+        assert replies[b"\x00"]["reason"] == "bad_payload"
+        assert replies[b"\x03"]["reason"] == "not_served"
+        async with router([{"type": "edge"}], broker=mqtt_broker, prefix=prefix) as r:
+            assert (await r.infer(presence_request(1))).tier is Tier.EDGE
+        assert worker.mqtt is not None and worker.mqtt.bad_requests >= 1
