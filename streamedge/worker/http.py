@@ -10,7 +10,7 @@ Each served model is an OIP model whose inputs are one of:
   Triton would serve the bare model.
 
 The outputs are ``answer`` (BYTES ``[1]``, the JSON answer) and
-``confidence`` (FP32 ``[1]``, NaN when the model has none). The binary tensor
+``confidence`` (FP32 ``[1]``, left out when the model has none). The binary tensor
 extension is supported both ways; aiohttp's exceptions stay in this module.
 """
 
@@ -138,11 +138,11 @@ class OipApp:
         except InferenceError as exc:
             return _error(500, str(exc))
         answer = json.dumps(result.answer, separators=(",", ":")).encode()
-        conf = result.confidence if result.confidence is not None else math.nan
-        outputs = [
-            oip.Tensor.of_bytes("answer", [answer]),
-            oip.Tensor.of("confidence", np.array([conf], dtype=np.float32)),
-        ]
+        outputs = [oip.Tensor.of_bytes("answer", [answer])]
+        if result.confidence is not None and math.isfinite(result.confidence):
+            # Omitted when the model has none: JSON has no NaN.
+            conf = np.array([result.confidence], dtype=np.float32)
+            outputs.append(oip.Tensor.of("confidence", conf))
         return self._respond(name, result.model.version, outputs, req)
 
     def _respond(
