@@ -308,6 +308,29 @@ async def part2(
     return rows
 
 
+async def batching(args: argparse.Namespace, frames: list[Frame], data_dir: Path) -> list[float]:
+    """Local tier throughput (requests/s) for waves of 8 concurrent misses, unbatched and
+    batched (max_batch 8), with the presence CNN (its ONNX input has a free batch dim)."""
+    model = build_model(
+        BuiltinModelConfig(name="tiny_presence"),
+        data_dir=data_dir,
+        settings=SessionSettings(intra_op_threads=1),
+    )
+    out = []
+    for max_batch in (1, 8):
+        tier = {"type": "local", "max_concurrency": 1, "max_batch": max_batch}
+        router = build_router(InferenceConfig.model_validate({"tiers": [tier]}), {PRESENCE: model})
+        reqs = [InferenceRequest(model=PRESENCE, input=f) for f in frames[:8]]
+        async with router:
+            await asyncio.gather(*(router.infer(r) for r in reqs))
+            waves = max(10, args.samples // 4)
+            start = time.perf_counter()
+            for _ in range(waves):
+                await asyncio.gather(*(router.infer(r) for r in reqs))
+            out.append(waves * len(reqs) / (time.perf_counter() - start))
+    return out
+
+
 def _mtcnn_rate(frames: list[np.ndarray], n: int, barrier: Any) -> float:
     """Frames per second of one process running MTCNN (after all processes are ready)."""
     det = build_mtcnn(MtcnnModelConfig(), SessionSettings(intra_op_threads=1))
@@ -369,6 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         wait_port(http_port, timeout=120)
         print("part 1: per-request latency, tiny_presence, one frame", flush=True)
         latency = asyncio.run(part1(args, frame, jpg, mqtt_port, http_port, data_dir))
+        small = [
+            Frame(stream=f.stream, ts=0.0, image=np.asarray(cv2.resize(f.image, (160, 120))))
+            for f, _ in jpgs
+        ]
+        batched = asyncio.run(batching(args, small, data_dir))
         print("part 2: MTCNN throughput through the edge tier", flush=True)
         control = [plain_processes(jpgs, max(6, args.requests // 4), k) for k in (1, 2)]
 
@@ -394,6 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cols = f"{r.path:30} {r.request_bytes:>10} {r.p50_ms:>8.2f} {r.p95_ms:>8.2f}"
         print(f"{cols} {r.mean_ms:>8.2f} {over:>9} {'yes' if r.answers_match else 'NO'}")
     print()
+    print(
+        f"local tier, waves of 8 misses (160x120 frames): unbatched {batched[0]:.0f}/s, "
+        f"max_batch 8 {batched[1]:.0f}/s ({batched[1] / batched[0]:.2f}x)"
+    )
     thread_ratio = control[1] / control[0]
     print(
         f"control, MTCNN in plain processes: 1 {control[0]:.2f} frames/s, 2 {control[1]:.2f} "
@@ -426,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "frame": {"shape": list(frame.image.shape), "jpeg_bytes": len(jpg)},
                     "latency": [asdict(r) for r in latency],
                     "control_processes_per_s": [round(c, 3) for c in control],
+                    "local_batching_per_s": [round(b, 1) for b in batched],
                     "throughput": [asdict(t) for t in throughput],
                     "targets": {
                         "overhead_p50_ms": TARGET_OVERHEAD_MS,

@@ -33,6 +33,8 @@ OPSET = 17
 PRESENCE_SIZE = 32
 WINDOW_SIZE = 16
 WINDOW_FIELDS = ("temperature", "humidity")
+BATCH = "N"
+"""A free batch dimension: the local tier runs waiting misses as one batch (same answers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +111,7 @@ def _presence_graph(head: tuple[np.ndarray, np.ndarray] | None) -> bytes:
         helper.make_node("GlobalMaxPool", ["r2"], ["g"]),
         helper.make_node("Flatten", ["g"], ["features"]),
     ]
-    outputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 24])]
+    outputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, [BATCH, 24])]
     if head is not None:
         weight, bias = head
         inits += [numpy_helper.from_array(weight, "hw"), numpy_helper.from_array(bias, "hb")]
@@ -117,11 +119,11 @@ def _presence_graph(head: tuple[np.ndarray, np.ndarray] | None) -> bytes:
             helper.make_node("Gemm", ["features", "hw", "hb"], ["logits"]),
             helper.make_node("Softmax", ["logits"], ["scores"], axis=1),
         ]
-        outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 2])]
+        outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [BATCH, 2])]
     graph = helper.make_graph(
         nodes,
         "tiny_presence",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [BATCH, 3, 32, 32])],
         outputs,
         inits,
     )
@@ -188,7 +190,7 @@ def _anomaly_graph(head: tuple[np.ndarray, np.ndarray] | None) -> bytes:
         helper.make_node("Sqrt", ["var"], ["std"]),
         helper.make_node("Concat", ["lastdev", "maxdev", "maxstep", "std"], ["features"], axis=1),
     ]
-    outputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 4 * f])]
+    outputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, [BATCH, 4 * f])]
     if head is not None:
         weight, bias = head
         inits += [numpy_helper.from_array(weight, "hw"), numpy_helper.from_array(bias, "hb")]
@@ -196,11 +198,11 @@ def _anomaly_graph(head: tuple[np.ndarray, np.ndarray] | None) -> bytes:
             helper.make_node("Gemm", ["features", "hw", "hb"], ["logits"]),
             helper.make_node("Softmax", ["logits"], ["scores"], axis=1),
         ]
-        outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 2])]
+        outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [BATCH, 2])]
     graph = helper.make_graph(
         nodes,
         "sensor_anomaly",
-        [helper.make_tensor_value_info("window", TensorProto.FLOAT, [1, n, f])],
+        [helper.make_tensor_value_info("window", TensorProto.FLOAT, [BATCH, n, f])],
         outputs,
         inits,
     )
