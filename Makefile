@@ -44,6 +44,7 @@ bench: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python -c 'from streamedge.config import reference_markdown as r; open("docs/config-reference.md", "w").write(r())'
+	$(BIN)/python -c 'from streamedge.worker.config import worker_reference_markdown as r; open("docs/worker-config-reference.md", "w").write(r())'
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -28,6 +28,7 @@ run filters_cost --video "$VTEST"
 run lookup
 run layer_cache --model "$PNET" --video "$VTEST" --frames 100 --scales 0.6 0.3
 run stats_overhead --repeats 9
+run tiers --video "$VTEST"
 
 echo
 echo "results in $OUT/"

@@ -17,7 +17,8 @@ with ``raise ... from exc``.
     ├── InferenceError             a model or tier failed
     │   ├── BackendUnavailableError
     │   ├── InferenceTimeoutError
-    │   └── AllTiersFailedError
+    │   ├── AllTiersFailedError
+    │   └── DeferredError          stored for later (store-and-forward)
     └── PluginError                a plugin broke its contract
 """
 
@@ -85,10 +86,25 @@ class InferenceTimeoutError(InferenceError):
 
 
 class AllTiersFailedError(InferenceError):
-    """Every configured tier failed. ``causes`` holds each tier's error."""
+    """Every configured tier failed. ``causes`` holds each tier's error.
 
-    def __init__(self, message: str, causes: list[BaseException]) -> None:
+    ``reason`` is a short machine-readable word for error answers
+    (``no_tier``, ``all_tiers_failed``, ``store_full``).
+    """
+
+    def __init__(
+        self, message: str, causes: list[BaseException], *, reason: str = "all_tiers_failed"
+    ) -> None:
         self.causes = causes
+        self.reason = reason
+        super().__init__(message)
+
+
+class DeferredError(InferenceError):
+    """No tier could answer now; a non-urgent request was stored to be answered later."""
+
+    def __init__(self, message: str, *, entry: str) -> None:
+        self.entry = entry
         super().__init__(message)
 
 

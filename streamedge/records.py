@@ -150,12 +150,28 @@ class Prediction:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReplyContext:
+    """What the caller needs to publish an answer that comes later (store-and-forward).
+
+    Tiers never read it; the router persists it with a deferred request.
+    """
+
+    app: str
+    reply_to: str | None = None
+    correlation: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InferenceRequest:
     """Ask one model to answer one input."""
 
     model: ModelRef
     input: ModelInput
     urgent: bool = True
+    encoded: bytes | None = None
+    """The JPEG/PNG bytes a frame was decoded from, when the device sent them: remote
+    tiers send these (10-20x smaller than raw pixels) instead of the decoded image."""
+    context: ReplyContext | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,6 +184,8 @@ class InferenceResult:
     backend: str
     latency_s: float
     confidence: float | None = None
+    authoritative: bool = True
+    """Whether the tier that answered may write the answer back into caches."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -34,6 +34,8 @@ OPSET = 17
 PRESENCE_SIZE = 32
 WINDOW_SIZE = 16
 WINDOW_FIELDS = ("temperature", "humidity")
+BATCH = "N"
+"""A free batch dimension: the local tier runs waiting misses as one batch (same answers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +90,7 @@ def _two_class_head(w: npt.NDArray[np.float64], b: float) -> tuple[np.ndarray, n
 
 def _finish_graph(
     name: str,
-    graph_input: tuple[str, list[int]],
+    graph_input: tuple[str, list[int | str]],
     nodes: list[Any],
     inits: list[Any],
     *,
@@ -99,7 +101,7 @@ def _finish_graph(
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    outputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, n_features])]
+    outputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, [BATCH, n_features])]
     if head is not None:
         weight, bias = head
         inits = [*inits, numpy_helper.from_array(weight, "hw"), numpy_helper.from_array(bias, "hb")]
@@ -108,7 +110,7 @@ def _finish_graph(
             helper.make_node("Gemm", ["features", "hw", "hb"], ["logits"]),
             helper.make_node("Softmax", ["logits"], ["scores"], axis=1),
         ]
-        outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 2])]
+        outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [BATCH, 2])]
     in_name, in_shape = graph_input
     graph = helper.make_graph(
         nodes,
@@ -147,7 +149,7 @@ def _presence_graph(head: tuple[np.ndarray, np.ndarray] | None) -> bytes:
         helper.make_node("Flatten", ["g"], ["features"]),
     ]
     return _finish_graph(
-        "tiny_presence", ("image", [1, 3, 32, 32]), nodes, inits, n_features=24, head=head
+        "tiny_presence", ("image", [BATCH, 3, 32, 32]), nodes, inits, n_features=24, head=head
     )
 
 
@@ -218,7 +220,7 @@ def _anomaly_graph(head: tuple[np.ndarray, np.ndarray] | None) -> bytes:
         helper.make_node("Concat", ["lastdev", "maxdev", "maxstep", "std"], ["features"], axis=1),
     ]
     return _finish_graph(
-        "sensor_anomaly", ("window", [1, n, f]), nodes, inits, n_features=4 * f, head=head
+        "sensor_anomaly", ("window", [BATCH, n, f]), nodes, inits, n_features=4 * f, head=head
     )
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamedge.errors import InferenceError
-from streamedge.models.onnx_runtime import make_session
+from streamedge.models.onnx_runtime import SessionSettings, make_session
 from streamedge.records import Frame, ModelInput, ModelRef, Prediction, Window
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class OnnxClassifier:
         labels: Sequence[str] = (),
         apply_softmax: bool = False,
         intra_op_threads: int = 1,
+        settings: SessionSettings | None = None,
     ) -> None:
         self.ref = ref
         self.input_kind = input_kind
@@ -54,10 +55,23 @@ class OnnxClassifier:
         self._softmax = apply_softmax
         if not path.is_file():
             raise InferenceError(f"model file not found: {path}")
-        self._session = make_session(path, intra_op_threads=intra_op_threads)
+        self._session = make_session(path, intra_op_threads=intra_op_threads, settings=settings)
         inp = self._session.get_inputs()[0]
         self._input_name: str = inp.name
         self._input_shape: list[Any] = list(inp.shape)
+        first = self._input_shape[0] if self._input_shape else 1
+        # A symbolic or unknown first dimension lets several inputs run as one batch.
+        self.batchable = not (isinstance(first, int) and first > 0)
+
+    @property
+    def input_name(self) -> str:
+        """The ONNX graph's input name (OIP v2 tensor requests use it)."""
+        return self._input_name
+
+    @property
+    def input_rank(self) -> int:
+        """Dimensions of the ONNX graph's input."""
+        return len(self._input_shape)
 
     @property
     def window_shape(self) -> tuple[int, int]:
@@ -105,7 +119,30 @@ class OnnxClassifier:
             out = self._session.run(None, {self._input_name: x})[0]
         except Exception as exc:  # map onnxruntime's exceptions once, here
             raise InferenceError(f"{self.ref}: inference failed: {exc}") from exc
-        scores = np.asarray(out, dtype=np.float32).reshape(-1)
+        return self.prediction(np.asarray(out, dtype=np.float32).reshape(-1))
+
+    def predict_batch(self, items: Sequence[ModelInput]) -> list[Prediction]:
+        """Classify several inputs in one run when the model takes batches."""
+        if not self.batchable or len(items) == 1:
+            return [self.predict(item) for item in items]
+        x = np.concatenate([self.tensor(item) for item in items])
+        try:
+            out = self._session.run(None, {self._input_name: x})[0]
+        except Exception as exc:  # map onnxruntime's exceptions once, here
+            raise InferenceError(f"{self.ref}: inference failed: {exc}") from exc
+        rows = np.asarray(out, dtype=np.float32).reshape(len(items), -1)
+        return [self.prediction(row) for row in rows]
+
+    def run_tensor(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Run the raw graph on an already preprocessed input tensor (OIP v2 tensors)."""
+        try:
+            out = self._session.run(None, {self._input_name: x})[0]
+        except Exception as exc:  # map onnxruntime's exceptions once, here
+            raise InferenceError(f"{self.ref}: inference failed: {exc}") from exc
+        return np.asarray(out, dtype=np.float32)
+
+    def prediction(self, scores: npt.NDArray[np.float32]) -> Prediction:
+        """Turn one row of the model's output into the classifier answer."""
         if self._softmax:
             scores = softmax(scores)
         best = int(np.argmax(scores))

@@ -9,6 +9,8 @@ from streamedge.inference.config import BuiltinModelConfig, ModelConfig, OnnxCla
 from streamedge.models.builtin import SPECS, ensure_builtin
 from streamedge.models.classifier import OnnxClassifier
 from streamedge.models.config import MtcnnModelConfig
+from streamedge.models.onnx_runtime import SessionSettings
+from streamedge.models.quantize import int8_dynamic
 from streamedge.protocols import Model
 from streamedge.records import ModelRef
 
@@ -39,28 +41,56 @@ def model_info(cfg: ModelConfig) -> ModelInfo:
     return ModelInfo(ModelRef(cfg.name, cfg.version), cfg.input)
 
 
-def build_model(cfg: ModelConfig, *, data_dir: Path) -> Model:
-    """Load (and for built-ins, first train) a model. Blocking; run it in a thread."""
+def build_model(
+    cfg: ModelConfig,
+    *,
+    data_dir: Path,
+    settings: SessionSettings | None = None,
+    quantize: bool = False,
+) -> Model:
+    """Load (and for built-ins, first train) a model. Blocking; run it in a thread.
+
+    ``settings`` tunes its onnxruntime sessions; ``quantize`` runs an int8
+    (dynamic) variant of its ONNX files instead (see :mod:`streamedge.models.quantize`).
+    """
     info = model_info(cfg)
+
+    def variant(path: Path) -> Path:
+        return int8_dynamic(path, data_dir) if quantize else path
+
     if isinstance(cfg, BuiltinModelConfig):
         spec = SPECS[cfg.name]
         return OnnxClassifier(
             ref=info.ref,
-            path=ensure_builtin(cfg.name, data_dir),
+            path=variant(ensure_builtin(cfg.name, data_dir)),
             input_kind="frame" if spec.input_kind == "frame" else "window",
             input_size=(32, 32),
             color="rgb",
             labels=spec.labels,
             intra_op_threads=cfg.intra_op_threads,
+            settings=settings,
         )
     if isinstance(cfg, MtcnnModelConfig):
-        from streamedge.models.mtcnn import build_mtcnn  # lazy: cv2 + three ORT sessions
+        from streamedge.models.mtcnn import (  # lazy: cv2 + three ORT sessions
+            ONET_PATH,
+            PNET_PATH,
+            RNET_PATH,
+            build_mtcnn,
+        )
 
-        return build_mtcnn(cfg)
+        if quantize:
+            cfg = cfg.model_copy(
+                update={
+                    "pnet_path": variant(cfg.pnet_path or PNET_PATH),
+                    "rnet_path": variant(cfg.rnet_path or RNET_PATH),
+                    "onet_path": variant(cfg.onet_path or ONET_PATH),
+                }
+            )
+        return build_mtcnn(cfg, settings)
     assert isinstance(cfg, OnnxClassifierConfig)  # noqa: S101  # the union's last member
     return OnnxClassifier(
         ref=info.ref,
-        path=cfg.path,
+        path=variant(cfg.path),
         input_kind=cfg.input,
         input_size=cfg.input_size,
         color=cfg.color,
@@ -70,4 +100,5 @@ def build_model(cfg: ModelConfig, *, data_dir: Path) -> Model:
         labels=cfg.labels,
         apply_softmax=cfg.softmax,
         intra_op_threads=cfg.intra_op_threads,
+        settings=settings,
     )

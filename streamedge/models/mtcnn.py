@@ -38,6 +38,12 @@ import numpy as np
 import numpy.typing as npt
 
 from streamedge.errors import ConfigError, InferenceError, MissingDependencyError
+from streamedge.models.onnx_runtime import (
+    DEFAULT_SETTINGS,
+    SessionSettings,
+    available_providers,
+    session_options,
+)
 from streamedge.records import Frame, ModelRef, Prediction
 
 if TYPE_CHECKING:
@@ -424,12 +430,15 @@ def _cv2() -> Any:
     return cv2
 
 
-def open_session(path: Path, *, intra_op_threads: int = 1) -> Any:
+def open_session(
+    path: Path, *, intra_op_threads: int = 1, settings: SessionSettings | None = None
+) -> Any:
     """Load an ONNX file into an onnxruntime CPU session.
 
     Args:
         path: the ``.onnx`` file.
         intra_op_threads: threads one run may use (0 lets onnxruntime decide).
+        settings: the tier's tuning (optimisation level, providers, threads).
 
     Returns:
         An ``onnxruntime.InferenceSession``.
@@ -441,14 +450,11 @@ def open_session(path: Path, *, intra_op_threads: int = 1) -> Any:
     if not path.is_file():
         msg = f"MTCNN model file not found: {path}"
         raise ConfigError(msg)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = intra_op_threads
     # One request at a time per session; the gateway runs several in threads.
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts = session_options(intra_op_threads=intra_op_threads, settings=settings)
+    providers = available_providers((settings or DEFAULT_SETTINGS).providers)
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
         msg = f"onnxruntime cannot load {path}: {exc}"
         raise ConfigError(msg) from exc
@@ -492,6 +498,7 @@ class MtcnnDetector:
         rnet_path: Path = RNET_PATH,
         onet_path: Path = ONET_PATH,
         pnet_runner: PNetRunner | None = None,
+        settings: SessionSettings | None = None,
     ) -> None:
         """Load the three networks.
 
@@ -506,6 +513,7 @@ class MtcnnDetector:
             onet_path: ONet ONNX file.
             pnet_runner: replaces the plain PNet session for every call
                 (a per-call runner can also be given to :meth:`detect`).
+            settings: session tuning of the tier that runs the detector.
 
         Raises:
             ConfigError: a file is missing or invalid, or a parameter is out of range.
@@ -520,9 +528,10 @@ class MtcnnDetector:
         self.factor = factor
         self.pnet_path = pnet_path
         self._cv2 = _cv2()
-        self.pnet_session = open_session(pnet_path, intra_op_threads=intra_op_threads)
-        self.rnet_session = open_session(rnet_path, intra_op_threads=intra_op_threads)
-        self.onet_session = open_session(onet_path, intra_op_threads=intra_op_threads)
+        threads = intra_op_threads
+        self.pnet_session = open_session(pnet_path, intra_op_threads=threads, settings=settings)
+        self.rnet_session = open_session(rnet_path, intra_op_threads=threads, settings=settings)
+        self.onet_session = open_session(onet_path, intra_op_threads=threads, settings=settings)
         self.pnet_runner: PNetRunner = pnet_runner or OnnxPNetRunner(self.pnet_session)
         logger.info(
             "mtcnn %s loaded (thresholds %s, min_face %s, factor %s, %d thread(s))",
@@ -723,7 +732,7 @@ def _empty(*, near_miss: float) -> Detections:
     )
 
 
-def build_mtcnn(cfg: MtcnnModelConfig) -> MtcnnDetector:
+def build_mtcnn(cfg: MtcnnModelConfig, settings: SessionSettings | None = None) -> MtcnnDetector:
     """Build a detector from its configuration.
 
     Raises:
@@ -739,4 +748,5 @@ def build_mtcnn(cfg: MtcnnModelConfig) -> MtcnnDetector:
         pnet_path=cfg.pnet_path or PNET_PATH,
         rnet_path=cfg.rnet_path or RNET_PATH,
         onet_path=cfg.onet_path or ONET_PATH,
+        settings=settings,
     )

@@ -33,9 +33,10 @@ from streamedge.decoders.payloads import PayloadDecoder
 from streamedge.errors import ConfigError
 from streamedge.filters.chain import FilterChain, build_filter
 from streamedge.gateways.mqtt import MqttTransport, Subscription
-from streamedge.inference.factory import build_router
+from streamedge.inference.factory import EdgeDefaults, build_options, build_router, needs_model
 from streamedge.inference.router import TierRouter
 from streamedge.models.factory import ModelInfo, build_model, model_info
+from streamedge.pipeline.late import LateAnswers
 from streamedge.pipeline.processor import AppRuntime, Outcome, Processor, RuleRuntime
 from streamedge.pipeline.shards import Shard, ShardSet
 from streamedge.protocols import Model
@@ -135,13 +136,37 @@ class Gateway:
         infos: dict[str, ModelInfo] = {m.name: model_info(m) for m in cfg.models}
         used = {app.model for rule in cfg.streams for app in rule.apps}
         for mcfg in cfg.models:
-            if mcfg.name not in used:
-                continue
+            if mcfg.name not in used or not needs_model(cfg.inference, mcfg.name):
+                continue  # unused, or answered only by edge/cloud tiers
             start = time.perf_counter()
-            model = await asyncio.to_thread(build_model, mcfg, data_dir=self._data_dir())
+            settings, quantize = build_options(cfg.inference, mcfg.name)
+            model = await asyncio.to_thread(
+                build_model, mcfg, data_dir=self._data_dir(), settings=settings, quantize=quantize
+            )
             self.models[model.ref] = model
             logger.info("loaded model %s in %.2f s", model.ref, time.perf_counter() - start)
-        self.router = build_router(cfg.inference, self.models)
+        self.router = build_router(
+            cfg.inference,
+            self.models,
+            stats=self.stats,
+            edge=EdgeDefaults(
+                host=self.broker_host,
+                port=self.broker_port,
+                topic_prefix=cfg.mqtt.topic_prefix,
+                client_id=cfg.mqtt.client_id or f"streamedge-{self.name}",
+                username=cfg.mqtt.username,
+                password=cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None,
+            ),
+            data_dir=self._data_dir(),
+        )
+        self.router.on_late = LateAnswers(
+            topics=self.topics,
+            publish=self.transport.publish,
+            stats=self.stats,
+            qos=cfg.mqtt.qos_out,
+            wall_clock=self._wall,
+        )
+        self.stats.gauges["tiers"] = self.router.gauge
         caches_by_name = {c.name: c for c in cfg.caches}
         for index, rule in enumerate(cfg.streams):
             window_fields = (
@@ -200,6 +225,7 @@ class Gateway:
             wall_clock=self._wall,
             max_streams=cfg.limits.max_streams,
             qos_out=cfg.mqtt.qos_out,
+            error_answers=cfg.inference.error_answers,
         )
 
     # -- running -----------------------------------------------------------------
@@ -381,6 +407,8 @@ class Gateway:
             self.stats.answered(skey, outcome.tier or "?", self._clock() - raw.received_at)
         elif outcome.kind == "filtered":
             self.stats.filtered(skey)
+        elif outcome.kind == "deferred":
+            self.stats.deferred_to_store(skey)
         else:
             self.stats.dropped(outcome.reason or "unknown", skey)
 

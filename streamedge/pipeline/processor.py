@@ -9,6 +9,7 @@ drops the message with the reason ``inference_failed``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -22,9 +23,10 @@ import numpy as np
 from streamedge.caches.cache import ApproximateCache
 from streamedge.config import StreamConfig
 from streamedge.decoders.payloads import PayloadDecoder
-from streamedge.errors import CacheError, DecodeError, InferenceError, PublishError
+from streamedge.errors import CacheError, DecodeError, DeferredError, InferenceError, PublishError
 from streamedge.filters.chain import FilterChain
 from streamedge.models.factory import ModelInfo
+from streamedge.pipeline.late import error_payload, error_reason
 from streamedge.pipeline.singleflight import SingleFlight
 from streamedge.records import (
     JSON,
@@ -38,6 +40,7 @@ from streamedge.records import (
     OutboundMessage,
     RawMessage,
     Reading,
+    ReplyContext,
     StreamKey,
     Tier,
     Vector,
@@ -56,7 +59,7 @@ Infer = Callable[[InferenceRequest], Awaitable[InferenceResult]]
 class Outcome:
     """How one message ended."""
 
-    kind: Literal["answered", "filtered", "dropped"]
+    kind: Literal["answered", "filtered", "dropped", "deferred"]
     reason: str | None = None
     tier: str | None = None
 
@@ -129,6 +132,7 @@ class Processor:
         wall_clock: Callable[[], float] = time.time,
         max_streams: int = 10_000,
         qos_out: int = 0,
+        error_answers: bool = False,
     ) -> None:
         self._topics = topics
         self._decoder = decoder
@@ -139,6 +143,7 @@ class Processor:
         self._wall = wall_clock
         self._max_streams = max_streams
         self._qos_out = qos_out
+        self._error_answers = error_answers
         self._states: OrderedDict[StreamKey, StreamState] = OrderedDict()
         self._flights: SingleFlight[InferenceResult] = SingleFlight()
 
@@ -222,8 +227,23 @@ class Processor:
                 return Outcome("dropped", "wrong_input_kind")
             try:
                 result, distance, age = await self._answer(app, raw, model_input, vectors, timer)
+            except DeferredError as exc:
+                logger.info("request of %s (%s) stored for later: %s", skey, app.name, exc)
+                return Outcome("deferred", "store_and_forward")
             except InferenceError as exc:
                 logger.warning("no answer for %s (%s): %s", skey, app.name, exc)
+                if self._error_answers:
+                    doc = error_payload(
+                        key,
+                        app=app.name,
+                        model=str(app.info.ref),
+                        reason=error_reason(exc),
+                        detail=str(exc),
+                        ts=item.ts,
+                        latency_s=self._clock() - raw.received_at,
+                    )
+                    with contextlib.suppress(PublishError):
+                        await self._send(raw, key, doc, timer)
                 return Outcome("dropped", "inference_failed")
             payload = self._payload(raw, item, app, result, distance, age, timer)
             try:
@@ -327,7 +347,13 @@ class Processor:
                 )
                 return result, hit.distance, self._clock() - entry.created_at
 
-        request = InferenceRequest(model=app.info.ref, input=item)
+        request = InferenceRequest(
+            model=app.info.ref,
+            input=item,
+            # The device's JPEG/PNG, so remote tiers need not send raw pixels.
+            encoded=raw.payload if raw.payload[:2] in (b"\xff\xd8", b"\x89P") else None,
+            context=ReplyContext(app=app.name, reply_to=raw.reply_to, correlation=raw.correlation),
+        )
         start = time.perf_counter()
         flight_key = (cache.namespace, query.key) if cache is not None and query else None
         try:
@@ -335,16 +361,16 @@ class Processor:
                 result, _shared = await self._flights.run(flight_key, lambda: self._infer(request))
             else:
                 result = await self._infer(request)
+        except DeferredError:
+            raise
         except InferenceError:
-            self._stats.inference(
-                "all", time.perf_counter() - start, ok=False, stream=skey, model=str(app.info.ref)
-            )
+            # Per-tier calls, failures and latency are counted by the tier router;
+            # "all" counts requests that no tier answered.
+            self._stats.inference("all", time.perf_counter() - start, ok=False, stream=skey)
             raise
         timer.add("infer", time.perf_counter() - start)
-        self._stats.inference(
-            str(result.tier), result.latency_s, ok=True, stream=skey, model=str(result.model)
-        )
-        if cache is not None and query is not None:
+        # Only tiers configured as authoritative for the model write back.
+        if cache is not None and query is not None and result.authoritative:
             try:
                 await cache.put(query, result, origin=skey)
             except CacheError as exc:

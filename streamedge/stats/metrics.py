@@ -253,6 +253,7 @@ class TierStats:
     calls: int = 0
     failures: int = 0
     latency: Histogram = field(default_factory=Histogram)
+    escalations: int = 0
 
 
 @dataclass(slots=True)
@@ -325,6 +326,7 @@ class Stats:
         self.messages_in = 0
         self.messages_out = 0
         self.outcomes: dict[str, int] = {"answered": 0, "filtered": 0, "dropped": 0}
+        self.deferred = 0
         self.drops: dict[str, int] = {}
         self.filters: dict[str, dict[str, int]] = {}
         self.cache: dict[str, dict[str, int]] = {lv: {"hits": 0, "misses": 0} for lv in LEVELS}
@@ -393,6 +395,20 @@ class Stats:
         self.recent.add(f"answer.{tier}")
         if (sc := self._stream(stream)) is not None:
             sc.answered += 1
+
+    def deferred_to_store(self, stream: str) -> None:
+        """A message's request was stored to be answered later (store-and-forward).
+
+        For this process the message has ended (``in = answered + filtered +
+        dropped + deferred + pending``); its late answer, possibly from a later
+        run, is counted by the router's ``store_and_forward`` gauge.
+        """
+        self.deferred += 1
+        self._stream(stream)
+
+    def escalation(self, tier: str) -> None:
+        """An answer of ``tier`` was hard and went on to a stronger tier."""
+        self.tiers.setdefault(tier, TierStats()).escalations += 1
 
     def published(self, n: int = 1) -> None:
         """Answers handed to the transport."""
@@ -525,7 +541,7 @@ class Stats:
     @property
     def pending(self) -> int:
         """Messages received but not yet answered, filtered or dropped."""
-        return self.messages_in - sum(self.outcomes.values())
+        return self.messages_in - sum(self.outcomes.values()) - self.deferred
 
     @property
     def uptime_s(self) -> float:
@@ -619,6 +635,7 @@ class Stats:
                 "out": self.messages_out,
                 "pending": self.pending,
                 **self.outcomes,
+                "deferred": self.deferred,
                 "bytes_in": self.bytes_in,
             },
             "window": {k: recent.get(k, 0) for k in ("in", "answered", "filtered", "dropped")},
@@ -649,6 +666,7 @@ class Stats:
                     "calls": ts.calls,
                     "failures": ts.failures,
                     "window_calls": recent.get(f"tier.{tier}", 0),
+                    "escalations": ts.escalations,
                     "latency_ms": ts.latency.summary_ms(),
                 }
                 for tier, ts in sorted(self.tiers.items())
