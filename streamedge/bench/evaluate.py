@@ -81,6 +81,8 @@ class ConfigResult:
     """The baseline's processor wall time, same run."""
     uniform: BaselinePoint | None = None
     """Uniform sampling at the same agreement (None for the baseline itself)."""
+    every_frame_cpu_s: float = 0.0
+    """The baseline's process CPU time, same run."""
 
     @property
     def frames(self) -> int:
@@ -119,6 +121,13 @@ class ConfigResult:
         wall = self.replay.wall_s
         return self.every_frame_wall_s / wall if wall > 0 else None
 
+    @property
+    def cpu_ratio(self) -> float | None:
+        """Frames per CPU second over the baseline's (> 1: cheaper); steadier than
+        :attr:`throughput_ratio` when other processes share the cores."""
+        cpu = self.replay.cpu_s
+        return self.every_frame_cpu_s / cpu if cpu > 0 else None
+
     def level_fractions(self) -> dict[str, float]:
         """Fraction of frames stopping at each level (filter, cache, local, ...)."""
         counts = self.replay.levels()
@@ -154,6 +163,9 @@ class ConfigResult:
             "wall_s": self.replay.wall_s,
             "wall_s_every_frame": self.every_frame_wall_s,
             "throughput_ratio": self.throughput_ratio,
+            "cpu_s": self.replay.cpu_s,
+            "cpu_s_every_frame": self.every_frame_cpu_s,
+            "cpu_ratio": self.cpu_ratio,
             "stage_ms": self.replay.stage_means_ms(),
             "uniform_same_agreement": self.uniform.to_json() if self.uniform else None,
         }
@@ -330,6 +342,7 @@ def score(
         accuracy=acc,
         every_frame_infer_s=base.infer_s,
         every_frame_wall_s=base.wall_s,
+        every_frame_cpu_s=base.cpu_s,
         uniform=matched,
     )
 
