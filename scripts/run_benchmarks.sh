@@ -27,6 +27,7 @@ run() {
 run filters_cost --video "$VTEST"
 run lookup
 run layer_cache --model "$PNET" --video "$VTEST" --frames 100 --scales 0.6 0.3
+run eval --video "$VTEST"  # also writes $OUT/eval.png; reference answers cached in ~/.cache
 
 echo
 echo "results in $OUT/"

@@ -188,11 +188,21 @@ def plot(evaluation: Evaluation, path: Path | str, *, title: str | None = None) 
                 linestyle="none",
                 label=text,
             )
+        placed: list[tuple[float, float]] = []
         for result in [evaluation.every_frame, *evaluation.configs]:
             x = 100 * result.inference_saved
             y = 100 * getattr(result.accuracy, metric)
             ax.plot(x, y, "o", markersize=8, linestyle="none", label=result.name)
-            ax.annotate(result.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            # Stack the labels of points that (nearly) coincide instead of overprinting.
+            near = sum(1 for px, py in placed if abs(px - x) < 4 and abs(py - y) < 2)
+            placed.append((x, y))
+            ax.annotate(
+                result.name,
+                (x, y),
+                textcoords="offset points",
+                xytext=(5, 4 - 10 * near),
+                fontsize=8,
+            )
         ax.set_xlabel("inference saved (% of frames not sent to the model)")
         ax.set_ylabel(f"{label} (%)")
         ax.set_xlim(-2, 102)
