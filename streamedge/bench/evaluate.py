@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from streamedge.bench.answers import is_positive
 from streamedge.bench.baselines import (
     BaselinePoint,
     Metric,
@@ -193,7 +194,7 @@ class Evaluation:
         """Frames, faces and the full model's measured cost per frame."""
         infer = [s for ref in self.references for s in ref.infer_s]
         answers = [a for ref in self.references for a in ref.answers]
-        positive = sum(1 for a in answers if (a.get("count") or a.get("boxes")))
+        positive = sum(1 for a in answers if is_positive(a))
         infer_sorted = sorted(infer)
         return {
             "model": self.model,

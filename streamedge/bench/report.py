@@ -120,8 +120,27 @@ def format_table(evaluation: Evaluation) -> str:
         "(CPU time is not inflated by other processes on a shared machine); "
         "uniform: every k-th frame at the same agreement."
     )
+    lines.append("")
+    lines.append(format_stages(evaluation))
     lines.extend(f"note: {n}" for n in evaluation.notes)
     return "\n".join(lines)
+
+
+STAGES = ("decode", "filter", "embed", "lookup", "infer")  # as answers carry them
+
+
+def format_stages(evaluation: Evaluation) -> str:
+    """Mean cost of each pipeline stage per configuration, ms, over the frames it ran on."""
+    results = [evaluation.every_frame, *evaluation.configs]
+    rows = []
+    for result in results:
+        means = result.replay.stage_means_ms()
+        cpu_ms = 1e3 * result.replay.cpu_s / result.frames if result.frames else 0.0
+        wall_ms = 1e3 * result.replay.wall_s / result.frames if result.frames else 0.0
+        cells = [f"{means[s]:.3f}" if s in means else "-" for s in STAGES]
+        rows.append([result.name, *cells, f"{wall_ms:.1f}", f"{cpu_ms:.1f}"])
+    header = ["stage ms (mean where run)", *STAGES, "wall/frame", "cpu/frame"]
+    return _table(header, rows)
 
 
 def write_json(evaluation: Evaluation, path: Path | str, *, frames: bool = False) -> Path:
