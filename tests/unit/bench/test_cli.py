@@ -101,3 +101,14 @@ def test_benchmark_script_puts_the_plot_beside_the_json(monkeypatch: pytest.Monk
     assert seen == [
         ["bench", "eval", "--video", "v.avi", "--json", "out/eval.json", "--plot", "out/eval.png"]
     ]
+
+
+def test_benchmark_configs_are_valid_and_match_the_default_stream() -> None:
+    from streamedge.bench.replay import evaluated_app
+    from streamedge.config import load_config
+
+    files = sorted((ROOT / "benchmarks" / "configs").glob("*.yaml"))
+    assert len(files) >= 4
+    for path in files:
+        cfg = load_config(path)
+        assert evaluated_app(cfg, "cam1/camera").model == "mtcnn", path
