@@ -213,7 +213,7 @@ def plot(evaluation: Evaluation, path: Path | str, *, title: str | None = None) 
             y = 100 * getattr(result.accuracy, metric)
             ax.plot(x, y, "o", markersize=8, linestyle="none", label=result.name)
             # Stack the labels of points that (nearly) coincide instead of overprinting.
-            near = sum(1 for px, py in placed if abs(px - x) < 4 and abs(py - y) < 2)
+            near = sum(1 for px, py in placed if abs(px - x) < 25 and abs(py - y) < 2)
             placed.append((x, y))
             ax.annotate(
                 result.name,
