@@ -29,6 +29,7 @@ run lookup
 run layer_cache --model "$PNET" --video "$VTEST" --frames 100 --scales 0.6 0.3
 run stats_overhead --repeats 9
 run tiers --video "$VTEST"
+run eval --video "$VTEST"  # also writes $OUT/eval.png; reference answers cached in ~/.cache
 
 echo
 echo "results in $OUT/"

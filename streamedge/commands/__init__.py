@@ -12,4 +12,5 @@ COMMANDS = (
     "streamedge.commands.demo",
     "streamedge.commands.stats",
     "streamedge.commands.worker",
+    "streamedge.commands.bench",
 )
