@@ -38,7 +38,8 @@ class LayerCacheConfig(Model):
         gt=0,
         description=(
             "Peak-to-peak range of the model input values, the PSNR peak: 255 for raw "
-            "pixels, 2 for inputs normalised to [-1, 1] such as MTCNN's."
+            "pixels, 2 for inputs normalised to [-1, 1]. Under a model's layer_cache key "
+            "the model's own range is used unless this is set."
         ),
     )
     refresh_every: int = Field(
@@ -67,6 +68,16 @@ class LayerCacheConfig(Model):
         ge=1,
         le=64,
         description="Most prefix runs on crops per frame; more are merged.",
+    )
+    recheck_margin: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Recompute, on every frame, each position whose cached output is at least the "
+            "model's decision threshold minus this margin, so decisions taken on the "
+            "prefix outputs stay exact (mtcnn: PNet cells at or near the face "
+            "threshold); null disables. Models without such a threshold ignore it."
+        ),
     )
     max_bytes: int = Field(
         64 * 2**20,

@@ -70,4 +70,5 @@ def build_model(cfg: ModelConfig, *, data_dir: Path) -> Model:
         labels=cfg.labels,
         apply_softmax=cfg.softmax,
         intra_op_threads=cfg.intra_op_threads,
+        layer_cache=cfg.layer_cache,
     )

@@ -37,12 +37,15 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from streamedge.caches.layer.runner import Decision, LayerCachedRunner
+from streamedge.caches.layer.wiring import StripedLocks, with_input_range
 from streamedge.errors import ConfigError, InferenceError, MissingDependencyError
 from streamedge.records import Frame, ModelRef, Prediction
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from streamedge.caches.layer_config import LayerCacheConfig
     from streamedge.models.config import MtcnnModelConfig
     from streamedge.records import Image, ModelInput, Vector
 
@@ -163,6 +166,10 @@ def pyramid_scales(
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """``(h, w)`` of the image at ``scale`` (rounded up, as PNet's maps assume)."""
     return max(1, math.ceil(height * scale)), max(1, math.ceil(width * scale))
+
+
+INPUT_RANGE = 255.0 / 128.0
+"""Peak-to-peak range of :func:`normalise`'s output (the layer cache's PSNR peak)."""
 
 
 def normalise(rgb: npt.NDArray[np.uint8]) -> FloatArray:
@@ -424,6 +431,18 @@ def _cv2() -> Any:
     return cv2
 
 
+def session_options(intra_op_threads: int = 1) -> Any:
+    """The ``onnxruntime.SessionOptions`` every MTCNN network runs with."""
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    # One request at a time per session; the gateway runs several in threads.
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return opts
+
+
 def open_session(path: Path, *, intra_op_threads: int = 1) -> Any:
     """Load an ONNX file into an onnxruntime CPU session.
 
@@ -441,12 +460,7 @@ def open_session(path: Path, *, intra_op_threads: int = 1) -> Any:
     if not path.is_file():
         msg = f"MTCNN model file not found: {path}"
         raise ConfigError(msg)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = intra_op_threads
-    # One request at a time per session; the gateway runs several in threads.
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts = session_options(intra_op_threads)
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
@@ -477,7 +491,8 @@ class MtcnnDetector:
     """MTCNN face detector implementing :class:`streamedge.protocols.Model`.
 
     Thread-safe: onnxruntime sessions may run concurrently and the detector
-    keeps no per-call state.
+    keeps no per-call state, except the layer cache's per-stream maps, which
+    :meth:`predict` guards with a per-stream lock.
     """
 
     def __init__(
@@ -492,6 +507,7 @@ class MtcnnDetector:
         rnet_path: Path = RNET_PATH,
         onet_path: Path = ONET_PATH,
         pnet_runner: PNetRunner | None = None,
+        layer_cache: LayerCacheConfig | None = None,
     ) -> None:
         """Load the three networks.
 
@@ -506,6 +522,9 @@ class MtcnnDetector:
             onet_path: ONet ONNX file.
             pnet_runner: replaces the plain PNet session for every call
                 (a per-call runner can also be given to :meth:`detect`).
+            layer_cache: run PNet through a layer cache in :meth:`predict`,
+                with state per frame stream and pyramid level
+                (:attr:`layer_cache`).
 
         Raises:
             ConfigError: a file is missing or invalid, or a parameter is out of range.
@@ -524,6 +543,20 @@ class MtcnnDetector:
         self.rnet_session = open_session(rnet_path, intra_op_threads=intra_op_threads)
         self.onet_session = open_session(onet_path, intra_op_threads=intra_op_threads)
         self.pnet_runner: PNetRunner = pnet_runner or OnnxPNetRunner(self.pnet_session)
+        self.layer_cache: LayerCachedRunner | None = None
+        """PNet with its feature maps cached per (stream, level), when configured."""
+        self._stream_locks = StripedLocks()
+        if layer_cache is not None:
+            self.layer_cache = LayerCachedRunner(
+                pnet_path,
+                with_input_range(layer_cache, INPUT_RANGE),
+                outputs=("reg", "prob"),
+                session_options=session_options(intra_op_threads),
+                # A PNet cell is a candidate when its face probability reaches
+                # thresholds[0]; cells at or near it are always recomputed.
+                decision=Decision("prob", 1, thresholds[0]),
+                name=f"{self.ref} pnet",
+            )
         logger.info(
             "mtcnn %s loaded (thresholds %s, min_face %s, factor %s, %d thread(s))",
             self.ref,
@@ -554,7 +587,17 @@ class MtcnnDetector:
         if not isinstance(item, Frame):
             msg = f"mtcnn takes video frames, not {type(item).__name__}"
             raise InferenceError(msg)
-        return to_prediction(self.detect(item.image))
+        if self.layer_cache is None:
+            return to_prediction(self.detect(item.image))
+        # The cached maps of a stream are updated in place: one frame at a time.
+        runner, stream = self.layer_cache, item.stream
+
+        def pnet(image: FloatArray, level: int) -> tuple[FloatArray, FloatArray]:
+            reg, prob = runner.run((stream, level), image)
+            return reg, prob
+
+        with self._stream_locks.lock(stream):
+            return to_prediction(self.detect(item.image, pnet_runner=pnet))
 
     # -- the cascade --------------------------------------------------------
 
@@ -739,4 +782,5 @@ def build_mtcnn(cfg: MtcnnModelConfig) -> MtcnnDetector:
         pnet_path=cfg.pnet_path or PNET_PATH,
         rnet_path=cfg.rnet_path or RNET_PATH,
         onet_path=cfg.onet_path or ONET_PATH,
+        layer_cache=cfg.layer_cache,
     )

@@ -182,6 +182,8 @@ class Stats:
         self._max_streams = max_streams
         self.streams: OrderedDict[str, StreamCounters] = OrderedDict()
         self.gauges: dict[str, Callable[[], JSON]] = {}
+        self.cache_gauges: dict[str, Callable[[], JSON]] = {}
+        """Cache levels whose figures are read when a snapshot is taken (``layer``)."""
 
     # -- observations ---------------------------------------------------------
     def _stream(self, key: str) -> StreamCounters | None:
@@ -330,6 +332,8 @@ class Stats:
                 "hit_ratio": ratio(per["hits"], per["hits"] + per["misses"]),
                 "window_hit_ratio": ratio(rh, rh + rm),
             }
+        for level, gauge in self.cache_gauges.items():
+            cache[level] = {**cache.get(level, {}), **gauge()}
         doc: JSON = {
             "schema_version": self.SCHEMA_VERSION,
             "gateway": self.gateway,
