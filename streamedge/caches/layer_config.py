@@ -70,7 +70,7 @@ class LayerCacheConfig(Model):
         description="Most prefix runs on crops per frame; more are merged.",
     )
     recheck_margin: float | None = Field(
-        None,
+        0.0,
         ge=0,
         description=(
             "Recompute, on every frame, each position whose cached output is at least the "
