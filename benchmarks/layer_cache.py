@@ -298,8 +298,11 @@ class JitteredStream(StreamSpec):
             yield StreamFrame(frame.index, frame.source_index, frame.ts, np.ascontiguousarray(crop))
 
     def describe(self) -> dict[str, Any]:
-        """What the stream is (also the harness's reference cache key)."""
-        return {**StreamSpec.describe(self), "jitter": self.jitter, "seed": self.seed}
+        """What the stream is; the jitter goes into ``derivation``, which the
+        harness's reference cache key includes."""
+        doc = StreamSpec.describe(self)
+        doc["derivation"] = {**doc["derivation"], "jitter": self.jitter, "seed": self.seed}
+        return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,6 +505,65 @@ def print_detector_table(res: dict[str, Any]) -> None:
         )
 
 
+# --------------------------------------------------------------------------- harness
+
+
+def gateway_config(layer: LayerCacheConfig | None, threads: int) -> Any:
+    """A gateway with one app running MTCNN on every frame, with or without the layer cache."""
+    from streamedge.config import parse_config
+
+    model: dict[str, Any] = {"type": "mtcnn", "intra_op_threads": threads}
+    if layer is not None:
+        model["layer_cache"] = layer.model_dump(mode="json", exclude_unset=True)
+    return parse_config(
+        {
+            "gateway": {"name": "layer-bench"},
+            "models": [model],
+            "streams": [
+                {"match": "*", "kind": "frame", "apps": [{"name": "faces", "model": "mtcnn"}]}
+            ],
+        }
+    )
+
+
+def run_harness(args: argparse.Namespace) -> dict[str, Any]:
+    """Every variant through the evaluation harness (``streamedge.bench``), per stream.
+
+    The harness replays each configuration through the gateway's own pipeline
+    and scores its answers against the plain model's reference answers (cached
+    on disk); its latency figure is the ratio of inference seconds of runs made
+    one after the other, less stable on a busy machine than the side-by-side
+    timing of ``--detector``.
+    """
+    from streamedge.bench.evaluate import evaluate
+
+    variants = variants_from(args)
+    plain = gateway_config(None, args.threads)
+    configs = [(v.label, gateway_config(v.cfg, args.threads)) for v in variants]
+    out: dict[str, Any] = {"mode": "harness", "streams": []}
+    for spec in detector_streams(args):
+        ev = evaluate(configs, [spec], baseline=plain, reference_model=plain.models[0], app="faces")
+        doc = ev.to_json()
+        doc["stream"] = stream_label(spec)
+        out["streams"].append(doc)
+        ref = doc["reference"]
+        print(
+            f"harness: MTCNN on {doc['stream']}: {ref['frames']} frames, "
+            f"{ref['positive_frames']} with faces; every-frame agreement "
+            f"{100 * ev.every_frame.accuracy.agreement:.1f} %"
+        )
+        print(f"{'variant':>20} {'agree %':>8} {'count %':>8} {'infer s ratio':>14}")
+        for c in ev.configs:
+            ratio = c.infer_s_ratio
+            print(
+                f"{c.name:>20} {100 * c.accuracy.agreement:>8.2f} "
+                f"{100 * c.accuracy.count_agreement:>8.2f} "
+                f"{'-' if ratio is None else f'{ratio:.3f}':>14}"
+            )
+        print()
+    return out
+
+
 # --------------------------------------------------------------------------- measure
 
 
@@ -615,6 +677,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "moved by up to this many pixels per frame",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the jitter")
+    p.add_argument(
+        "--harness",
+        action="store_true",
+        help="--detector: also score every variant through the evaluation harness",
+    )
     p.add_argument("--model", type=Path, help="PNet ONNX (default: PNet-shaped random weights)")
     p.add_argument("--workload", help="module:factory returning a Workload (instead of PNet)")
     p.add_argument("--frames", type=int, default=100, help="consecutive frames to run")
@@ -698,6 +765,8 @@ def run_detector(args: argparse.Namespace) -> int:
         print_detector_table(res)
         print()
         out["streams"].append(res)
+    if args.harness:
+        out["harness"] = run_harness(args)
     out["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     out["args"]["video"] = [str(v) for v in args.video]
     if args.json:
