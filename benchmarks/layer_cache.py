@@ -682,6 +682,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="--detector: also score every variant through the evaluation harness",
     )
+    p.add_argument(
+        "--harness-only",
+        action="store_true",
+        help="--detector: only the harness, no side-by-side timing",
+    )
     p.add_argument("--model", type=Path, help="PNet ONNX (default: PNet-shaped random weights)")
     p.add_argument("--workload", help="module:factory returning a Workload (instead of PNet)")
     p.add_argument("--frames", type=int, default=100, help="consecutive frames to run")
@@ -760,12 +765,12 @@ def run_detector(args: argparse.Namespace) -> int:
         },
         "streams": [],
     }
-    for spec in detector_streams(args):
+    for spec in detector_streams(args) if not args.harness_only else []:
         res = measure_detector(spec, variants, args.threads)
         print_detector_table(res)
         print()
         out["streams"].append(res)
-    if args.harness:
+    if args.harness or args.harness_only:
         out["harness"] = run_harness(args)
     out["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     out["args"]["video"] = [str(v) for v in args.video]
