@@ -747,11 +747,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         workload = pnet_workload(args)
     assert workload is not None
     res = measure(workload, frames)
-    res["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    res["args"] = args_json(args)
     print_table(res)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def args_json(args: argparse.Namespace) -> dict[str, Any]:
+    """The command-line options as JSON values (paths as strings)."""
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        return str(v) if isinstance(v, Path) else v
+
+    return {k: conv(v) for k, v in vars(args).items()}
 
 
 def run_detector(args: argparse.Namespace) -> int:
@@ -772,8 +783,7 @@ def run_detector(args: argparse.Namespace) -> int:
         out["streams"].append(res)
     if args.harness or args.harness_only:
         out["harness"] = run_harness(args)
-    out["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    out["args"]["video"] = [str(v) for v in args.video]
+    out["args"] = args_json(args)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     return 0
