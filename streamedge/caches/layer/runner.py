@@ -411,16 +411,7 @@ class LayerCachedRunner:
             return self._full(key, plan, x, "cost", backoff=backoff, skip=backoff)
         elapsed = self._clock() - start
         state.since_refresh += 1
-        if elapsed > plan.full_s and self._fixed_cost is None:
-            # Change detection, planning and crops together cost more than a
-            # full run (small pyramid levels, or a scene where everything
-            # moves): back off as when the crops alone were predicted dearer.
-            state.backoff = min(max(1, 2 * state.backoff), _MAX_BACKOFF)
-            state.skip = state.backoff
-            with self._counters.lock:
-                self._counters.slow_partials += 1
-        else:
-            state.backoff = 0
+        state.backoff = 0
         total = sum(len(g.names) * g.size[0] * g.size[1] for g in plan.groups)
         with self._counters.lock:
             c = self._counters

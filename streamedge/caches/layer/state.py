@@ -135,9 +135,6 @@ class LayerCacheStats:
         fallbacks: frames run on the unsplit model (cache disabled, model not
             splittable, unsupported size or batch, or an error).
         errors: partial runs that failed and were redone in full.
-        slow_partials: partial runs that took longer than a full run; like a
-            predicted loss, each one makes the next 1, 2, 4... 8 frames of the
-            key run in full without change detection.
         crops: prefix runs on crops.
         copied_positions: feature-map positions copied from a displaced
             position (diamond search).
@@ -161,7 +158,6 @@ class LayerCacheStats:
     unchanged_frames: int = 0
     fallbacks: int = 0
     errors: int = 0
-    slow_partials: int = 0
     crops: int = 0
     copied_positions: int = 0
     rechecked_positions: int = 0
@@ -191,7 +187,6 @@ class Counters:
     unchanged_frames: int = 0
     fallbacks: int = 0
     errors: int = 0
-    slow_partials: int = 0
     crops: int = 0
     copied_positions: int = 0
     rechecked_positions: int = 0
@@ -213,7 +208,6 @@ class Counters:
                 unchanged_frames=self.unchanged_frames,
                 fallbacks=self.fallbacks,
                 errors=self.errors,
-                slow_partials=self.slow_partials,
                 crops=self.crops,
                 copied_positions=self.copied_positions,
                 rechecked_positions=self.rechecked_positions,

@@ -266,18 +266,14 @@ def test_stats_publish_the_layer_level(tmp_path: Path) -> None:
     stats.cache_gauges["layer"] = lambda: layer_cache_report(runners)
     stats.cache_result("layer", hit=True)  # counted hits from elsewhere are kept
     layer = stats.snapshot()["cache"]["layer"]
-    # The second frame reuses everything; the third too, unless the second one
-    # took longer than a full run (a tiny model) and the runner backed off.
-    hits = layer["hits"]
-    assert hits in (1, 2)  # the gauge's figures win over the counted hit
-    assert layer["misses"] == 3 - hits
-    assert layer["hit_ratio"] == pytest.approx(hits / 3, abs=1e-3)
-    assert layer["reused_fraction"] == pytest.approx(hits / 3, abs=1e-3)
+    assert layer["hits"] == 2  # the gauge's figures win for its own keys
+    assert layer["misses"] == 1
+    assert layer["hit_ratio"] == pytest.approx(2 / 3, abs=1e-3)
+    assert layer["reused_fraction"] == pytest.approx(2 / 3, abs=1e-3)
     assert layer["refreshes"] == 0
     assert layer["fallbacks"] == 0
     assert isinstance(layer["saved_s"], float)  # negative when crops cost more than they save
-    assert layer["models"]["cls@1"]["partial_runs"] == hits
-    assert "window_hit_ratio" in layer  # what Stats counted itself is kept
+    assert layer["models"]["cls@1"]["partial_runs"] == 2
 
 
 def test_gateway_registers_the_layer_gauge(tmp_path: Path) -> None:
