@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from streamedge.bench.answers import is_positive
 from streamedge.bench.baselines import (
     BaselinePoint,
     Metric,
@@ -81,6 +82,8 @@ class ConfigResult:
     """The baseline's processor wall time, same run."""
     uniform: BaselinePoint | None = None
     """Uniform sampling at the same agreement (None for the baseline itself)."""
+    every_frame_cpu_s: float = 0.0
+    """The baseline's process CPU time, same run."""
 
     @property
     def frames(self) -> int:
@@ -119,6 +122,13 @@ class ConfigResult:
         wall = self.replay.wall_s
         return self.every_frame_wall_s / wall if wall > 0 else None
 
+    @property
+    def cpu_ratio(self) -> float | None:
+        """Frames per CPU second over the baseline's (> 1: cheaper); steadier than
+        :attr:`throughput_ratio` when other processes share the cores."""
+        cpu = self.replay.cpu_s
+        return self.every_frame_cpu_s / cpu if cpu > 0 else None
+
     def level_fractions(self) -> dict[str, float]:
         """Fraction of frames stopping at each level (filter, cache, local, ...)."""
         counts = self.replay.levels()
@@ -154,6 +164,9 @@ class ConfigResult:
             "wall_s": self.replay.wall_s,
             "wall_s_every_frame": self.every_frame_wall_s,
             "throughput_ratio": self.throughput_ratio,
+            "cpu_s": self.replay.cpu_s,
+            "cpu_s_every_frame": self.every_frame_cpu_s,
+            "cpu_ratio": self.cpu_ratio,
             "stage_ms": self.replay.stage_means_ms(),
             "uniform_same_agreement": self.uniform.to_json() if self.uniform else None,
         }
@@ -181,7 +194,7 @@ class Evaluation:
         """Frames, faces and the full model's measured cost per frame."""
         infer = [s for ref in self.references for s in ref.infer_s]
         answers = [a for ref in self.references for a in ref.answers]
-        positive = sum(1 for a in answers if (a.get("count") or a.get("boxes")))
+        positive = sum(1 for a in answers if is_positive(a))
         infer_sorted = sorted(infer)
         return {
             "model": self.model,
@@ -330,6 +343,7 @@ def score(
         accuracy=acc,
         every_frame_infer_s=base.infer_s,
         every_frame_wall_s=base.wall_s,
+        every_frame_cpu_s=base.cpu_s,
         uniform=matched,
     )
 

@@ -9,8 +9,12 @@ cached in a directory as one JSON file per key:
 * the model's ``name@version`` and a digest of its whole configuration
   (thresholds, pyramid factor, weight files: anything that changes answers);
 * the SHA-256 of the video file's bytes;
-* the stream's derivation (crop, shift, brightness, frame step, start) and
-  frame limit.
+* the stream's derivation (crop, shift, brightness, frame step, start).
+
+The frame limit is not part of the key: a stored reference that covers the
+whole video, or at least as many frames as asked for, serves any shorter
+request (its first frames), so a quick run on 50 frames reuses the answers
+of a full run.
 
 Writes are atomic (a temporary file in the same directory, fsynced, then
 renamed), so a crash leaves the old file or none. A file that cannot be
@@ -39,7 +43,7 @@ from streamedge.records import JSON, Frame, StreamKey
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 """Version of the file layout; part of every key."""
 
 
@@ -65,7 +69,6 @@ def reference_key(spec: StreamSpec, *, model: str, model_config: JSON | None = N
         "model_config": json_digest(model_config or {}),
         "video": file_digest(spec.video),
         "derivation": described["derivation"],
-        "max_frames": described["max_frames"],
     }
 
 
@@ -80,6 +83,24 @@ class Reference:
     """Seconds each model run took when the reference was computed."""
     ts: list[float]
     """Stream time of each frame, seconds."""
+    complete: bool = True
+    """Whether the answers run to the end of the video (not cut at a frame limit)."""
+
+    def covers(self, max_frames: int | None) -> bool:
+        """Whether these answers include the first ``max_frames`` frames (None: all)."""
+        return self.complete or (max_frames is not None and self.frames >= max_frames)
+
+    def head(self, max_frames: int | None) -> Reference:
+        """The reference of the first ``max_frames`` frames (None: all of these)."""
+        if max_frames is None or max_frames >= self.frames:
+            return self
+        return Reference(
+            key=self.key,
+            answers=self.answers[:max_frames],
+            infer_s=self.infer_s[:max_frames],
+            ts=self.ts[:max_frames],
+            complete=False,
+        )
 
     @property
     def frames(self) -> int:
@@ -93,7 +114,13 @@ class Reference:
 
     def to_json(self) -> JSON:
         """The document stored on disk."""
-        return {"key": self.key, "answers": self.answers, "infer_s": self.infer_s, "ts": self.ts}
+        return {
+            "key": self.key,
+            "complete": self.complete,
+            "answers": self.answers,
+            "infer_s": self.infer_s,
+            "ts": self.ts,
+        }
 
     @classmethod
     def from_json(cls, doc: Any) -> Reference:
@@ -113,11 +140,15 @@ class Reference:
             raise ValueError("answers, infer_s and ts differ in length")
         if not all(isinstance(a, dict) for a in answers):
             raise ValueError("an answer is not a JSON object")
+        complete = doc.get("complete")
+        if not isinstance(complete, bool):
+            raise ValueError("missing 'complete'")
         return cls(
             key=key,
             answers=answers,
             infer_s=[float(x) for x in infer_s],
             ts=[float(x) for x in ts],
+            complete=complete,
         )
 
 
@@ -202,7 +233,8 @@ def compute_reference(
         answers.append(json.loads(json.dumps(prediction.answer)))
         ts.append(frame.ts)
         progress.advance()
-    return Reference(key=key, answers=answers, infer_s=infer_s, ts=ts)
+    complete = spec.max_frames is None or len(answers) < spec.max_frames
+    return Reference(key=key, answers=answers, infer_s=infer_s, ts=ts, complete=complete)
 
 
 def reference_for(
@@ -234,9 +266,9 @@ def reference_for(
     key = reference_key(spec, model=model_name, model_config=model_config)
     if not recompute:
         stored = store.load(key)
-        if stored is not None:
+        if stored is not None and stored.covers(spec.max_frames):
             logger.info("reference answers for %s from %s", spec.key, store.path_for(key))
-            return stored
+            return stored.head(spec.max_frames)
     model = load_model()
     shown = progress(spec) if progress is not None else None
     try:

@@ -81,6 +81,9 @@ class FrameRecord:
     """Per-stage times from the answer's ``latency_ms`` (empty when none was published)."""
     distance: float | None = None
     """Cache distance of a reused answer."""
+    cpu_s: float = 0.0
+    """CPU time of this process (all threads) while the processor handled the frame:
+    unlike wall time, not inflated when other processes take the cores."""
 
     def to_json(self) -> JSON:
         """A JSON-serialisable dict."""
@@ -94,6 +97,7 @@ class FrameRecord:
             "answer": self.answer,
             "reason": self.reason,
             "wall_ms": round(self.wall_s * 1e3, 3),
+            "cpu_ms": round(self.cpu_s * 1e3, 3),
             "stages_ms": self.stages_ms,
             "distance": self.distance,
         }
@@ -132,6 +136,11 @@ class ReplayResult:
     def wall_s(self) -> float:
         """Processor wall time over all frames."""
         return sum(r.wall_s for r in self.records)
+
+    @property
+    def cpu_s(self) -> float:
+        """Process CPU time over all frames."""
+        return sum(r.cpu_s for r in self.records)
 
     @property
     def infer_s(self) -> float:
@@ -278,11 +287,13 @@ async def replay(
             clock.now = CLOCK_ORIGIN + frame.ts
             raw = RawMessage(stream=key, payload=payload, received_at=clock.now)
             outbox.clear()
+            cpu = time.process_time()
             start = time.perf_counter()
             outcome = await processor.handle(raw, rules[position])
             wall = time.perf_counter() - start
+            cpu = time.process_time() - cpu
             doc = _answer_doc(outbox, gateway.topics.output(key), chosen.name)
-            records.append(_record(position, frame.index, frame.ts, outcome, doc, wall))
+            records.append(_record(position, frame.index, frame.ts, outcome, doc, wall, cpu))
             progress.advance()
     return ReplayResult(
         name=name,
@@ -304,7 +315,13 @@ def _answer_doc(outbox: Sequence[OutboundMessage], topic: str, app: str) -> JSON
 
 
 def _record(
-    position: int, index: int, ts: float, outcome: Outcome, doc: JSON | None, wall: float
+    position: int,
+    index: int,
+    ts: float,
+    outcome: Outcome,
+    doc: JSON | None,
+    wall: float,
+    cpu: float,
 ) -> FrameRecord:
     kind = outcome.kind
     reason = outcome.reason
@@ -338,4 +355,5 @@ def _record(
         wall_s=wall,
         stages_ms=stages,
         distance=distance,
+        cpu_s=cpu,
     )

@@ -11,4 +11,5 @@ COMMANDS = (
     "streamedge.commands.check_config",
     "streamedge.commands.demo",
     "streamedge.commands.stats",
+    "streamedge.commands.bench",
 )

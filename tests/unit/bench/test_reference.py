@@ -118,9 +118,10 @@ def test_a_corrupt_file_is_recomputed_with_a_warning(
     "content",
     [
         "[]",
-        '{"key": {}, "answers": []}',
-        '{"key": {}, "answers": [1], "infer_s": [0.1], "ts": [0.0]}',
-        '{"key": {}, "answers": [{}], "infer_s": [0.1, 0.2], "ts": [0.0]}',
+        '{"key": KEY, "answers": []}',
+        '{"key": KEY, "answers": [1], "infer_s": [0.1], "ts": [0.0], "complete": true}',
+        '{"key": KEY, "answers": [{}], "infer_s": [0.1, 0.2], "ts": [0.0], "complete": true}',
+        '{"key": KEY, "answers": [{}], "infer_s": [0.1], "ts": [0.0]}',
     ],
 )
 def test_malformed_documents_are_rejected(
@@ -129,11 +130,12 @@ def test_malformed_documents_are_rejected(
     store = ReferenceStore(tmp_path)
     model = CountingModel()
     first = get(spec, model, store)
-    store.path_for(first.key).write_text(content)
+    # The right key, so that only the malformed part can be what is rejected.
+    store.path_for(first.key).write_text(content.replace("KEY", json.dumps(first.key)))
     with caplog.at_level(logging.WARNING, logger="streamedge.bench.reference"):
         get(spec, model, store)
     assert model.calls == 2 * FRAMES
-    assert caplog.records
+    assert any("corrupt" in r.getMessage() for r in caplog.records)
 
 
 def test_a_file_holding_another_key_is_recomputed(tmp_path: Path, spec: StreamSpec) -> None:
@@ -162,3 +164,21 @@ def test_recompute_ignores_the_stored_file(tmp_path: Path, spec: StreamSpec) -> 
         recompute=True,
     )
     assert model.calls == 2 * FRAMES
+
+
+def test_a_longer_stored_reference_serves_shorter_requests(tmp_path: Path) -> None:
+    video = find_video("vtest", excerpt_only=True)
+    store = ReferenceStore(tmp_path)
+    model = CountingModel()
+    three = get(StreamSpec(video=video, max_frames=3), model, store)
+    assert not three.complete
+    two = get(StreamSpec(video=video, max_frames=2), model, store)
+    assert model.calls == 3  # served from the 3-frame file
+    assert two.answers == three.answers[:2]
+    assert two.ts == three.ts[:2]
+    four = get(StreamSpec(video=video, max_frames=4), model, store)
+    assert model.calls == 3 + 4  # not enough stored: recomputed, and the file grows
+    assert four.answers[:3] == three.answers
+    get(StreamSpec(video=video, max_frames=4), model, store)
+    assert model.calls == 7
+    assert len(list(tmp_path.glob("*.json"))) == 1  # one file per key, whatever the length
