@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
+from streamedge.caches.layer_config import LayerCacheConfig
 from streamedge.confbase import EnvStr, Model, RelPath, env_substituted
 from streamedge.models.config import MtcnnModelConfig
 
@@ -28,6 +29,21 @@ class OnnxClassifierConfig(Model):
     labels: list[str] = Field(default_factory=list, description="Class names by index.")
     softmax: bool = Field(False, description="Apply softmax to the output (it holds logits).")
     intra_op_threads: int = Field(1, ge=0, description="onnxruntime threads per run (0 = all).")
+    layer_cache: LayerCacheConfig | None = Field(
+        None,
+        description=(
+            "Reuse the convolutional prefix's feature maps between frames of a stream "
+            "(frame models only); a model without such a prefix runs whole, with a "
+            "warning. input_range defaults to the range scale, mean and std give."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _layer_cache_needs_frames(self) -> OnnxClassifierConfig:
+        if self.layer_cache is not None and self.input != "frame":
+            msg = "layer_cache needs a frame model (input: frame)"
+            raise ValueError(msg)
+        return self
 
 
 class BuiltinModelConfig(Model):

@@ -10,8 +10,11 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from streamedge.caches.layer.runner import LayerCachedRunner
+from streamedge.caches.layer.wiring import StripedLocks, with_input_range
+from streamedge.caches.layer_config import LayerCacheConfig
 from streamedge.errors import InferenceError
-from streamedge.models.onnx_runtime import SessionSettings, make_session
+from streamedge.models.onnx_runtime import SessionSettings, make_session, session_options
 from streamedge.records import Frame, ModelInput, ModelRef, Prediction, Window
 
 logger = logging.getLogger(__name__)
@@ -26,7 +29,13 @@ def softmax(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 
 class OnnxClassifier:
-    """Runs an ONNX classifier with the preprocessing its config describes."""
+    """Runs an ONNX classifier with the preprocessing its config describes.
+
+    With ``layer_cache``, frames run through a
+    :class:`~streamedge.caches.layer.LayerCachedRunner` keyed by the frame's
+    stream (one lock per stream around each run, so concurrent streams are
+    fine); a model without a convolutional prefix runs whole, with a warning.
+    """
 
     def __init__(
         self,
@@ -43,6 +52,7 @@ class OnnxClassifier:
         apply_softmax: bool = False,
         intra_op_threads: int = 1,
         settings: SessionSettings | None = None,
+        layer_cache: LayerCacheConfig | None = None,
     ) -> None:
         self.ref = ref
         self.input_kind = input_kind
@@ -59,6 +69,21 @@ class OnnxClassifier:
         inp = self._session.get_inputs()[0]
         self._input_name: str = inp.name
         self._input_shape: list[Any] = list(inp.shape)
+        self._output_name: str = self._session.get_outputs()[0].name
+        self.layer_cache: LayerCachedRunner | None = None
+        self._stream_locks = StripedLocks()
+        if layer_cache is not None and input_kind == "frame":
+            # PSNR peak: the span of (pixel * scale - mean) / std over 0..255.
+            span = 255.0 * abs(float(scale)) / float(np.min(np.abs(self._std)))
+            self.layer_cache = LayerCachedRunner(
+                path,
+                with_input_range(layer_cache, span),
+                outputs=(self._output_name,),
+                session_options=session_options(
+                    intra_op_threads=intra_op_threads, settings=settings
+                ),
+                name=str(ref),
+            )
         first = self._input_shape[0] if self._input_shape else 1
         # A symbolic or unknown first dimension lets several inputs run as one batch.
         self.batchable = not (isinstance(first, int) and first > 0)
@@ -115,19 +140,27 @@ class OnnxClassifier:
     def predict(self, item: ModelInput) -> Prediction:
         """Classify one input: label, its probability, and every class's score."""
         x = self.tensor(item)
-        try:
-            out = self._session.run(None, {self._input_name: x})[0]
-        except Exception as exc:  # map onnxruntime's exceptions once, here
-            raise InferenceError(f"{self.ref}: inference failed: {exc}") from exc
+        if self.layer_cache is not None and isinstance(item, Frame):
+            # The runner maps onnxruntime's errors itself; one frame per stream at a time.
+            with self._stream_locks.lock(item.stream):
+                out = self.layer_cache.run(item.stream, x)[0]
+        else:
+            try:
+                out = self._session.run([self._output_name], {self._input_name: x})[0]
+            except Exception as exc:  # map onnxruntime's exceptions once, here
+                raise InferenceError(f"{self.ref}: inference failed: {exc}") from exc
         return self.prediction(np.asarray(out, dtype=np.float32).reshape(-1))
 
     def predict_batch(self, items: Sequence[ModelInput]) -> list[Prediction]:
-        """Classify several inputs in one run when the model takes batches."""
-        if not self.batchable or len(items) == 1:
+        """Classify several inputs in one run when the model takes batches.
+
+        With a layer cache each frame runs alone: its cached state is per stream.
+        """
+        if self.layer_cache is not None or not self.batchable or len(items) == 1:
             return [self.predict(item) for item in items]
         x = np.concatenate([self.tensor(item) for item in items])
         try:
-            out = self._session.run(None, {self._input_name: x})[0]
+            out = self._session.run([self._output_name], {self._input_name: x})[0]
         except Exception as exc:  # map onnxruntime's exceptions once, here
             raise InferenceError(f"{self.ref}: inference failed: {exc}") from exc
         rows = np.asarray(out, dtype=np.float32).reshape(len(items), -1)
@@ -136,7 +169,7 @@ class OnnxClassifier:
     def run_tensor(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Run the raw graph on an already preprocessed input tensor (OIP v2 tensors)."""
         try:
-            out = self._session.run(None, {self._input_name: x})[0]
+            out = self._session.run([self._output_name], {self._input_name: x})[0]
         except Exception as exc:  # map onnxruntime's exceptions once, here
             raise InferenceError(f"{self.ref}: inference failed: {exc}") from exc
         return np.asarray(out, dtype=np.float32)

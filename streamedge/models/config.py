@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from streamedge.caches.layer_config import LayerCacheConfig
 from streamedge.confbase import Model, RelPath
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -45,4 +46,13 @@ class MtcnnModelConfig(Model):
     )
     onet_path: RelPath | None = Field(
         None, description="ONet .onnx file; default: the one packaged with streamedge."
+    )
+    layer_cache: LayerCacheConfig | None = Field(
+        None,
+        description=(
+            "Reuse PNet's feature maps between frames of a stream, recomputing only "
+            "around changed blocks (DeepCache-style); null runs every frame in full. "
+            "State is kept per stream and pyramid level; input_range defaults to "
+            "MTCNN's 255/128 and recheck_margin applies to PNet's face threshold."
+        ),
     )

@@ -101,4 +101,5 @@ def build_model(
         apply_softmax=cfg.softmax,
         intra_op_threads=cfg.intra_op_threads,
         settings=settings,
+        layer_cache=cfg.layer_cache,
     )

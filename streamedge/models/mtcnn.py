@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from streamedge.caches.layer.runner import Decision, LayerCachedRunner
+from streamedge.caches.layer.wiring import StripedLocks, with_input_range
 from streamedge.errors import ConfigError, InferenceError, MissingDependencyError
 from streamedge.models.onnx_runtime import (
     DEFAULT_SETTINGS,
@@ -49,6 +51,7 @@ from streamedge.records import Frame, ModelRef, Prediction
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from streamedge.caches.layer_config import LayerCacheConfig
     from streamedge.models.config import MtcnnModelConfig
     from streamedge.records import Image, ModelInput, Vector
 
@@ -169,6 +172,10 @@ def pyramid_scales(
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """``(h, w)`` of the image at ``scale`` (rounded up, as PNet's maps assume)."""
     return max(1, math.ceil(height * scale)), max(1, math.ceil(width * scale))
+
+
+INPUT_RANGE = 255.0 / 128.0
+"""Peak-to-peak range of :func:`normalise`'s output (the layer cache's PSNR peak)."""
 
 
 def normalise(rgb: npt.NDArray[np.uint8]) -> FloatArray:
@@ -483,7 +490,8 @@ class MtcnnDetector:
     """MTCNN face detector implementing :class:`streamedge.protocols.Model`.
 
     Thread-safe: onnxruntime sessions may run concurrently and the detector
-    keeps no per-call state.
+    keeps no per-call state, except the layer cache's per-stream maps, which
+    :meth:`predict` guards with a per-stream lock.
     """
 
     def __init__(
@@ -499,6 +507,7 @@ class MtcnnDetector:
         onet_path: Path = ONET_PATH,
         pnet_runner: PNetRunner | None = None,
         settings: SessionSettings | None = None,
+        layer_cache: LayerCacheConfig | None = None,
     ) -> None:
         """Load the three networks.
 
@@ -514,6 +523,9 @@ class MtcnnDetector:
             pnet_runner: replaces the plain PNet session for every call
                 (a per-call runner can also be given to :meth:`detect`).
             settings: session tuning of the tier that runs the detector.
+            layer_cache: run PNet through a layer cache in :meth:`predict`,
+                with state per frame stream and pyramid level
+                (:attr:`layer_cache`).
 
         Raises:
             ConfigError: a file is missing or invalid, or a parameter is out of range.
@@ -533,6 +545,22 @@ class MtcnnDetector:
         self.rnet_session = open_session(rnet_path, intra_op_threads=threads, settings=settings)
         self.onet_session = open_session(onet_path, intra_op_threads=threads, settings=settings)
         self.pnet_runner: PNetRunner = pnet_runner or OnnxPNetRunner(self.pnet_session)
+        self.layer_cache: LayerCachedRunner | None = None
+        """PNet with its feature maps cached per (stream, level), when configured."""
+        self._stream_locks = StripedLocks()
+        if layer_cache is not None:
+            self.layer_cache = LayerCachedRunner(
+                pnet_path,
+                with_input_range(layer_cache, INPUT_RANGE),
+                outputs=("reg", "prob"),
+                session_options=session_options(
+                    intra_op_threads=intra_op_threads, settings=settings
+                ),
+                # A PNet cell is a candidate when its face probability reaches
+                # thresholds[0]; cells at or near it are always recomputed.
+                decision=Decision("prob", 1, thresholds[0]),
+                name=f"{self.ref} pnet",
+            )
         logger.info(
             "mtcnn %s loaded (thresholds %s, min_face %s, factor %s, %d thread(s))",
             self.ref,
@@ -563,7 +591,17 @@ class MtcnnDetector:
         if not isinstance(item, Frame):
             msg = f"mtcnn takes video frames, not {type(item).__name__}"
             raise InferenceError(msg)
-        return to_prediction(self.detect(item.image))
+        if self.layer_cache is None:
+            return to_prediction(self.detect(item.image))
+        # The cached maps of a stream are updated in place: one frame at a time.
+        runner, stream = self.layer_cache, item.stream
+
+        def pnet(image: FloatArray, level: int) -> tuple[FloatArray, FloatArray]:
+            reg, prob = runner.run((stream, level), image)
+            return reg, prob
+
+        with self._stream_locks.lock(stream):
+            return to_prediction(self.detect(item.image, pnet_runner=pnet))
 
     # -- the cascade --------------------------------------------------------
 
@@ -749,4 +787,5 @@ def build_mtcnn(cfg: MtcnnModelConfig, settings: SessionSettings | None = None) 
         rnet_path=cfg.rnet_path or RNET_PATH,
         onet_path=cfg.onet_path or ONET_PATH,
         settings=settings,
+        layer_cache=cfg.layer_cache,
     )

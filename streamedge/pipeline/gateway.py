@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -28,6 +29,7 @@ from pathlib import Path
 from streamedge import __version__
 from streamedge.brokers.embedded import EmbeddedBroker
 from streamedge.caches.cache import ApproximateCache, build_cache, build_embedder
+from streamedge.caches.layer.wiring import layer_cache_report, layer_runners
 from streamedge.config import StreamedgeConfig
 from streamedge.decoders.payloads import PayloadDecoder
 from streamedge.errors import ConfigError
@@ -167,6 +169,8 @@ class Gateway:
             wall_clock=self._wall,
         )
         self.stats.gauges["tiers"] = self.router.gauge
+        if runners := layer_runners(self.models.values()):
+            self.stats.cache_gauges["layer"] = functools.partial(layer_cache_report, runners)
         caches_by_name = {c.name: c for c in cfg.caches}
         for index, rule in enumerate(cfg.streams):
             window_fields = (

@@ -347,6 +347,8 @@ class Stats:
         self._max_streams = max_streams
         self.streams: OrderedDict[str, StreamCounters] = OrderedDict()
         self.gauges: dict[str, Callable[[], JSON]] = {}
+        self.cache_gauges: dict[str, Callable[[], JSON]] = {}
+        """Cache levels whose figures are read when a snapshot is taken (``layer``)."""
 
     # -- observations ---------------------------------------------------------
     def _stream(self, key: str) -> StreamCounters | None:
@@ -610,6 +612,8 @@ class Stats:
                 "window_misses": rm,
                 "window_hit_ratio": ratio(rh, rh + rm),
             }
+        for level, gauge in self.cache_gauges.items():
+            cache[level] = {**cache.get(level, {}), **gauge()}
         answered = self.outcomes["answered"]
         reused = self.answers_by_tier.get("cache", 0) + self.answers_by_tier.get("filter", 0)
         w_answered = recent.get("answered", 0)

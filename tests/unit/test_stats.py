@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from streamedge.caches.layer.wiring import layer_cache_report
 from streamedge.stats.metrics import Histogram, SlidingCounter, Stats
 
 
@@ -297,7 +298,7 @@ def test_snapshot_filters_by_model_and_window() -> None:
 
 
 # -- the JSON Schema ------------------------------------------------------------
-def full_stats() -> Stats:
+def full_stats() -> Stats:  # one line per observation kind
     """A Stats fed through every observation, with the gateway's gauges."""
     clock = Clock()
     st = make_stats(clock)
@@ -318,6 +319,26 @@ def full_stats() -> Stats:
         "stray_messages": 0,
     }
     st.gauges["device_topics"] = lambda: {"followed": ["d"]}
+    st.gauges["tiers"] = lambda: {
+        "order": "config",
+        "tiers": {
+            "local": {
+                "breaker": "closed",
+                "breaker_opens": 0,
+                "in_flight": 0,
+                "capacity": 2,
+                "service_ms": 3.5,
+                "expected_ms": 3.5,
+                "escalations": 1,
+            }
+        },
+        "store_and_forward": dict.fromkeys(
+            ("entries", "bytes", "stored", "refused", "answered", "expired", "lost"), 0
+        ),
+    }
+    st.cache_gauges["layer"] = lambda: layer_cache_report({})
+    st.deferred_to_store("d/s")
+    st.escalation("local")
     st.received("d/s", 10)
     st.received(None, 0)
     st.dropped("bad_payload")

@@ -26,7 +26,7 @@ from streamedge.caches.layer.graph import (
     split,
 )
 from streamedge.caches.layer.regions import CropCostModel
-from streamedge.caches.layer.runner import BoundRunner, LayerCachedRunner
+from streamedge.caches.layer.runner import BoundRunner, Decision, LayerCachedRunner
 from streamedge.caches.layer.state import LayerCache, LayerCacheStats, StreamState
 from streamedge.caches.layer_config import LayerCacheConfig
 
@@ -35,6 +35,7 @@ __all__ = [
     "AxisWindow",
     "BoundRunner",
     "CropCostModel",
+    "Decision",
     "LayerCache",
     "LayerCacheConfig",
     "LayerCacheStats",

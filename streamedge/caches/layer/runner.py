@@ -106,6 +106,29 @@ _EMA = 0.2
 _MAX_BACKOFF = 8  # frames run in full, without change detection, after crops lost
 
 
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A threshold the model's caller applies to one channel of one output.
+
+    Reused positions carry the values of an earlier frame; near a threshold a
+    small difference flips the decision (MTCNN: a PNet cell becomes or stops
+    being a face candidate, and the final boxes change with it). A position
+    whose cached value is at least ``threshold - margin`` is therefore always
+    recomputed, so every position that passes carries an exact value; a
+    position can still be missed if its true value crossed the threshold from
+    more than ``margin`` below while its blocks stayed under the PSNR limit.
+
+    Attributes:
+        output: a cut tensor of the prefix (a model output for fully local models).
+        channel: the channel thresholded (PNet ``prob``: 1, the face class).
+        threshold: values at or above it pass.
+    """
+
+    output: str
+    channel: int
+    threshold: float
+
+
 @dataclass(eq=False, slots=True)
 class _Group:
     """Cut tensors that share a receptive field and a size."""
@@ -179,9 +202,17 @@ class LayerCachedRunner:
             warm-up and tracking its drift (tests use it to make the
             full-versus-crops decision deterministic).
         clock: monotonic seconds (injected in tests).
+        decision: a threshold the caller applies to one output channel
+            (MTCNN: PNet's face probability against 0.6). With
+            ``cfg.recheck_margin`` set, every position whose cached value is at
+            least ``threshold - margin`` is recomputed on every frame, changed
+            or not, so the positions that pass the threshold carry exact values
+            (see :class:`Decision`).
+        name: what the log lines call the model (e.g. ``mtcnn@1 pnet``).
 
     Raises:
-        ConfigError: the model cannot be loaded.
+        ConfigError: the model cannot be loaded, or ``decision`` names no
+            output of the prefix.
     """
 
     def __init__(
@@ -194,11 +225,14 @@ class LayerCachedRunner:
         session_options: Any = None,
         cost_model: CropCostModel | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        decision: Decision | None = None,
+        name: str = "",
     ) -> None:
         import onnx
         import onnxruntime
 
         self.cfg = cfg if cfg is not None else LayerCacheConfig()
+        self.name = name or (model.graph.name if isinstance(model, onnx.ModelProto) else str(model))
         if isinstance(model, onnx.ModelProto):
             proto = model
         else:
@@ -224,6 +258,7 @@ class LayerCachedRunner:
         self._counters = Counters()
         self.cache = LayerCache(self.cfg.max_bytes)
         self.analysis: PrefixAnalysis = self._analyse(proto)
+        self.decision = decision if self.cfg.recheck_margin is not None else None
         self._prefix: onnx.ModelProto | None = None
         self._suffix: Any = None
         reason = self.analysis.reason
@@ -236,17 +271,28 @@ class LayerCachedRunner:
                 reason = f"the split failed: {exc}"
             else:
                 self._prefix, self._suffix = prefix, suffix_session
+                if self.decision is not None and self.decision.output not in self.analysis.cut:
+                    msg = (
+                        f"layer cache: decision output {self.decision.output!r} is not cut "
+                        f"from the prefix (cut: {list(self.analysis.cut)})"
+                    )
+                    raise ConfigError(msg)
                 _log.info(
-                    "layer cache: local prefix of %d ops, cut %s, %s",
+                    "layer cache for %s: local prefix of %d ops, cut %s, %s",
+                    self.name,
                     len(self.analysis.steps),
                     list(self.analysis.cut),
                     f"suffix from {self.analysis.stop}" if suffix else "no suffix",
                 )
+        self.reason: str | None = "disabled" if not self.cfg.enabled else reason
+        """Why frames run the whole model, or ``None`` when the cache is in use."""
         if not self.cfg.enabled:
-            _log.info("layer cache disabled: every frame runs the whole model")
+            _log.info("layer cache disabled for %s: every frame runs the whole model", self.name)
         elif reason is not None:
-            _log.info(
-                "layer cache off for this model (%s): every frame runs the whole model",
+            # Configured but unusable: the one line that says why it does nothing.
+            _log.warning(
+                "layer cache off for %s (%s): every frame runs the whole model",
+                self.name,
                 reason,
             )
 
@@ -298,7 +344,9 @@ class LayerCachedRunner:
     def run_plain(self, image: Array) -> list[Array]:
         """Run the unsplit model once, with no caching (the baseline)."""
         if self._plain is None:
-            self._plain = self._session(self._proto)
+            with self._plan_lock:  # concurrent first calls build one session
+                if self._plain is None:
+                    self._plain = self._session(self._proto)
         return self._call(self._plain, None, {self.analysis.image: self._as_input(image)})
 
     def warmup(self, image: Array) -> CropCostModel | None:
@@ -527,6 +575,8 @@ class LayerCachedRunner:
                     dst = (dst_y[ok], dst_x[ok])
                     work.copies.append(_Copy(group, dst, (src_y[ok], src_x[ok])))
                     need[dst] = False
+            if self.decision is not None and self.decision.output in group.names:
+                need |= self._near_decision(state)
             work.needs.append(need)
             n_need = int(need.sum())
             if not n_need:
@@ -546,6 +596,19 @@ class LayerCachedRunner:
         if crops:
             work.crops = merge_crops(np.concatenate(crops), plan.cost, cfg.max_crops)
         return work
+
+    def _near_decision(self, state: StreamState) -> Bool:
+        """Positions whose cached value passes, or nearly passes, the decision threshold."""
+        d = self.decision
+        margin = self.cfg.recheck_margin or 0.0
+        if d is None:  # pragma: no cover - callers check
+            return np.zeros(0, dtype=bool)
+        values = state.maps[d.output][0, d.channel]
+        near: Bool = values >= d.threshold - margin
+        if near.any():
+            with self._counters.lock:
+                self._counters.rechecked_positions += int(near.sum())
+        return near
 
     def _update_reference(self, state: StreamState, x: F32, work: _Work) -> None:
         """Make the reference hold the pixels the maps now reflect, block by block.

@@ -138,8 +138,12 @@ class LayerCacheStats:
         crops: prefix runs on crops.
         copied_positions: feature-map positions copied from a displaced
             position (diamond search).
-        reused_fraction: share of cut-tensor positions not recomputed, over all
-            frames that used the split model.
+        rechecked_positions: positions recomputed only because their cached
+            value was near a decision threshold (``recheck_margin``).
+        positions: cut-tensor positions of every frame that used the split
+            model. reused_positions: those not recomputed.
+        reused_fraction: ``reused_positions / positions``, the layer cache's
+            hit fraction (share of prefix output area reused).
         prefix_seconds_saved: estimated prefix time saved (full-run time minus
             the time partial frames actually took, change detection included).
         streams: states held. cached_bytes: their bytes. evictions: LRU evictions.
@@ -156,6 +160,9 @@ class LayerCacheStats:
     errors: int = 0
     crops: int = 0
     copied_positions: int = 0
+    rechecked_positions: int = 0
+    positions: int = 0
+    reused_positions: int = 0
     reused_fraction: float = 0.0
     prefix_seconds_saved: float = 0.0
     streams: int = 0
@@ -182,6 +189,7 @@ class Counters:
     errors: int = 0
     crops: int = 0
     copied_positions: int = 0
+    rechecked_positions: int = 0
     positions: int = 0
     reused_positions: int = 0
     prefix_seconds_saved: float = 0.0
@@ -202,6 +210,9 @@ class Counters:
                 errors=self.errors,
                 crops=self.crops,
                 copied_positions=self.copied_positions,
+                rechecked_positions=self.rechecked_positions,
+                positions=self.positions,
+                reused_positions=self.reused_positions,
                 reused_fraction=self.reused_positions / self.positions if self.positions else 0.0,
                 prefix_seconds_saved=self.prefix_seconds_saved,
                 streams=len(cache),

@@ -26,6 +26,7 @@ from streamedge.caches.layer import (
     AxisField,
     AxisWindow,
     CropCostModel,
+    Decision,
     LayerCache,
     LayerCacheConfig,
     LayerCachedRunner,
@@ -568,6 +569,55 @@ def test_too_costly_change_runs_in_full_and_backs_off() -> None:
     stats = runner.stats()
     assert stats.unchanged_frames == 1
     assert stats.crops == 0
+
+
+def _identity_two_channels() -> onnx.ModelProto:
+    """y[:, c] = x for c in 0, 1 (a 1x1 convolution with unit weights)."""
+    w = numpy_helper.from_array(np.ones((2, 1, 1, 1), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1])],
+        "ident",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[w],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(
+    ("margin", "recomputed"),
+    [(None, "none"), (0.0, "passing"), (0.35, "all")],
+)
+def test_recheck_recomputes_positions_near_the_decision(
+    margin: float | None, recomputed: str
+) -> None:
+    # 0 dB: every block counts as unchanged, so only the recheck recomputes anything.
+    cfg = LayerCacheConfig(psnr_db=0.0, input_range=1.0, refresh_every=0, recheck_margin=margin)
+    decision = Decision("y", 1, 0.5)
+    runner = LayerCachedRunner(_identity_two_channels(), cfg, cost_model=CHEAP, decision=decision)
+    first = np.full((1, 1, 20, 20), 0.2, dtype=np.float32)
+    first[..., :2, :2] = 0.6  # passes the threshold
+    runner.run("s", first)
+    (y,) = runner.run("s", np.full_like(first, 0.9))
+    fresh = np.isclose(y[0, 1], 0.9)
+    np.testing.assert_array_equal(y[0, 0], y[0, 1])  # whole positions are recomputed
+    if recomputed == "none":
+        assert not fresh.any()
+    elif recomputed == "passing":
+        # the passing cells, and the rest of their 10 x 10 tile's crop, no more
+        assert fresh[:10, :10].all()
+        assert not fresh[10:].any()
+        assert not fresh[:, 10:].any()
+    else:
+        assert fresh.all()
+    rechecked = {"none": 0, "passing": 4, "all": 400}[recomputed]
+    assert runner.stats().rechecked_positions == rechecked
+    assert runner.stats().partial_runs == 1
+
+
+def test_decision_on_a_tensor_the_prefix_does_not_cut_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="decision output"):
+        LayerCachedRunner(pnet_like(), EXACT, decision=Decision("nope", 1, 0.5))
 
 
 def test_measured_cost_model_is_positive_and_grows_with_area() -> None:
