@@ -103,6 +103,9 @@ class RawMessage:
     """Where an on-demand answer goes (MQTT 5 Response Topic or ``reply_to``)."""
     correlation: bytes | None = None
     transport: str = "mqtt"
+    request: bool = False
+    """An on-demand request (``<prefix>/req/...``): filters are skipped and the
+    answer goes to ``reply_to`` only."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

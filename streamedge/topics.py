@@ -3,6 +3,7 @@
 ::
 
     <prefix>/in/{device}/{stream}    device -> gateway
+    <prefix>/req/{device}/{stream}   on-demand request, answered on its reply topic
     <prefix>/out/{device}/{stream}   gateway -> apps (answers)
     <prefix>/stats                   retained snapshot
     <prefix>/stats/get               request/response
@@ -36,6 +37,16 @@ class TopicScheme:
         return f"{self.prefix}/in/"
 
     @property
+    def requests(self) -> str:
+        """The subscription filter for on-demand inference requests."""
+        return f"{self.prefix}/req/+/+"
+
+    @property
+    def request_root(self) -> str:
+        """Every request topic starts with this."""
+        return f"{self.prefix}/req/"
+
+    @property
     def available(self) -> str:
         """Availability topic (retained)."""
         return f"{self.prefix}/available"
@@ -58,9 +69,9 @@ class TopicScheme:
         """Where a device publishes a stream."""
         return f"{self.prefix}/in/{stream.device}/{stream.stream}"
 
-    def parse_input(self, topic: str) -> StreamKey | None:
-        """``<prefix>/in/{device}/{stream}`` → StreamKey; anything else → None."""
-        head = f"{self.prefix}/in/"
+    def parse_input(self, topic: str, kind: str = "in") -> StreamKey | None:
+        """``<prefix>/<kind>/{device}/{stream}`` → StreamKey; anything else → None."""
+        head = f"{self.prefix}/{kind}/"
         if not topic.startswith(head):
             return None
         parts = topic[len(head) :].split("/")
@@ -72,3 +83,8 @@ class TopicScheme:
 def valid_segment(text: str) -> bool:
     """Whether ``text`` can be one topic level (no wildcards, no slash)."""
     return bool(_SEGMENT.match(text))
+
+
+def valid_topic(text: str) -> bool:
+    """Whether ``text`` can be published to (non-empty, no wildcards, no NUL)."""
+    return 0 < len(text) <= 65_535 and not any(c in text for c in "#+\x00")

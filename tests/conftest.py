@@ -10,6 +10,7 @@ already running.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -74,10 +75,13 @@ def mosquitto_binary() -> str | None:
 class BrokerProcess:
     """A broker in a child process that a test may stop and restart on the same port."""
 
-    def __init__(self, kind: str, port: int, workdir: Path) -> None:
+    def __init__(self, kind: str, port: int, workdir: Path, *, persistent: bool = False) -> None:
         self.kind = kind
         self.port = port
         self._workdir = workdir
+        # Mosquitto saves sessions and queued QoS 1 messages on a clean stop and
+        # loads them on start; amqtt 0.12 keeps nothing across a restart.
+        self.persistent = persistent and kind == "mosquitto"
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -86,7 +90,13 @@ class BrokerProcess:
             assert binary is not None
             conf = self._workdir / f"mosquitto-{self.port}.conf"
             template = (ROOT / "brokers" / "mosquitto-test.conf").read_text()
-            conf.write_text(template + f"\nlistener {self.port} 127.0.0.1\n")
+            extra = f"\nlistener {self.port} 127.0.0.1\n"
+            if self.persistent:  # Mosquitto takes the first 'persistence' line
+                template = template.replace("persistence false", "persistence true")
+                extra += f"persistence_location {self._workdir}/\n"
+                # As root Mosquitto would switch to user 'mosquitto', who cannot write here.
+                extra += f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+            conf.write_text(template + extra)
             cmd = [binary, "-c", str(conf)]
         else:
             cmd = [
@@ -131,8 +141,10 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInfo
 
 @pytest.fixture
 def restartable_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
-    """A broker of this test's own, which the test may stop and start again."""
-    proc = BrokerProcess(broker_kind(), free_port(), tmp_path)
+    """A broker of this test's own, which the test may stop and start again.
+
+    Mosquitto persists sessions across the restart (``proc.persistent``)."""
+    proc = BrokerProcess(broker_kind(), free_port(), tmp_path, persistent=True)
     proc.start()
     try:
         yield proc

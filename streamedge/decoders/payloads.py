@@ -2,7 +2,8 @@
 
 Readings are JSON or msgpack maps: numeric fields become ``values``, ``ts``
 (epoch seconds) is the device time, everything else is kept in ``extra``.
-A nested ``{"values": {...}}`` map is accepted too.
+A nested ``{"values": {...}}`` map is accepted too. ``reply_to`` and
+``correlation`` route an on-demand request's answer and are not values.
 
 Frames are raw JPEG/PNG bytes, or a msgpack envelope
 ``{"ts": float, "content_type": "image/jpeg" | "image/png" | "image/x-raw",
@@ -30,6 +31,8 @@ Kind = Literal["reading", "frame"]
 _JPEG = b"\xff\xd8\xff"
 _PNG = b"\x89PNG\r\n\x1a\n"
 _RAW_TYPES = {"image/x-raw", "application/x-raw", "image/x-raw-bgr"}
+# Not values: the device time, a nested map, and request/response routing (MQTT 3.1.1).
+_RESERVED = frozenset({"values", "ts", "reply_to", "correlation"})
 
 
 def sniff_kind(payload: bytes, content_type: str | None) -> Kind:
@@ -119,7 +122,7 @@ class PayloadDecoder:
         data = self._load_map(raw.payload)
         nested = data.get("values")
         fields: dict[str, Any] = dict(nested) if isinstance(nested, dict) else {}
-        fields.update({k: v for k, v in data.items() if k not in ("values", "ts")})
+        fields.update({k: v for k, v in data.items() if k not in _RESERVED})
         values: dict[str, float] = {}
         extra: dict[str, Any] = {}
         for key, value in fields.items():

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
-from streamedge.confbase import EnvStr, Model, env_substituted
+from streamedge.confbase import EnvStr, Model, RelPath, env_substituted
 
 
 class ReconnectConfig(Model):
@@ -15,6 +15,26 @@ class ReconnectConfig(Model):
     min_s: float = Field(0.5, gt=0, description="First delay before reconnecting.")
     max_s: float = Field(30.0, gt=0, description="Longest delay between attempts.")
     jitter: float = Field(0.5, ge=0, le=1, description="Random share of each delay (0 = none).")
+
+
+class TlsConfig(Model):
+    """TLS towards the broker (usually port 8883)."""
+
+    enabled: bool = Field(False, description="Connect with TLS.")
+    ca_file: RelPath | None = Field(
+        None, description="CA certificate(s) to verify the broker with; empty: the system store."
+    )
+    cert_file: RelPath | None = Field(
+        None, description="Client certificate (PEM) for brokers that require one."
+    )
+    key_file: RelPath | None = Field(None, description="Private key (PEM) of cert_file.")
+    insecure: bool = Field(
+        False,
+        description=(
+            "Skip the broker's certificate and host name checks (testing only: "
+            "anyone on the path can then read and forge traffic)."
+        ),
+    )
 
 
 class EmbeddedBrokerConfig(Model):
@@ -40,9 +60,49 @@ class MqttConfig(Model):
     topic_prefix: str = Field(
         "streamedge", min_length=1, description="Root of every topic (Frigate style)."
     )
-    client_id: str | None = Field(
-        None, description="MQTT client id; default 'streamedge-<gateway name>'."
+    client_id: EnvStr | None = Field(
+        None,
+        description=(
+            "MQTT client id; default 'streamedge-<gateway name>'. It must be stable "
+            "(the broker keeps the persistent session under it) and unique per instance."
+        ),
     )
+    clean_start: bool = Field(
+        False,
+        description=(
+            "Start a fresh session on every connect. False (default) keeps a persistent "
+            "session: QoS 1 input published while the gateway is down or reconnecting "
+            "is delivered when it comes back."
+        ),
+    )
+    session_expiry_s: int = Field(
+        86_400,
+        ge=0,
+        le=2**32 - 1,
+        description=(
+            "MQTT 5: how long the broker keeps the session after a disconnect "
+            "(3.1.1 brokers keep it by their own settings)."
+        ),
+    )
+    receive_maximum: int = Field(
+        100,
+        ge=1,
+        le=65_535,
+        description=(
+            "MQTT 5: unacknowledged QoS 1 messages the broker may send at once. Input is "
+            "acknowledged only once the gateway has taken it, so this bounds what is in flight."
+        ),
+    )
+    share_group: str | None = Field(
+        None,
+        pattern=r"^[^/#+$\s]{1,64}$",
+        description=(
+            "Subscribe to the input as MQTT 5 shared subscription "
+            "'$share/<group>/<prefix>/in/+/+', so several instances (each with its own "
+            "client_id) split the devices' messages. Ignored with one log line on MQTT 3.1.1."
+        ),
+    )
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
     username: EnvStr | None = Field(None, description="User name, if the broker needs one.")
     password: SecretStr | None = Field(
         None, description="Password; write '${MQTT_PASSWORD}' to take it from the environment."

@@ -9,14 +9,22 @@ past which each loss is counted). The Last Will marks the gateway
 
 MQTT 5 is used when the broker accepts it (``protocol: auto``); the embedded
 amqtt broker speaks 3.1.1 only, and everything here works on both.
+
+Nothing is lost across restarts: the session is persistent by default
+(``clean_start: false``, a stable client id), and QoS 1 input is
+acknowledged only once the gateway has taken it (queued or answered), so the
+broker redelivers whatever a broken connection or a shutdown left unacknowledged,
+and MQTT 5 Receive Maximum bounds what is in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -35,6 +43,7 @@ from streamedge.records import Clock, Inbound, OutboundMessage
 logger = logging.getLogger(__name__)
 
 _REFUSED_V5 = {1, 132}  # "unacceptable protocol version" in 3.1.1 and 5 reason codes
+_SEND_WINDOW = 64  # answers published concurrently (awaiting their PUBACKs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +52,8 @@ class Subscription:
 
     topic: str
     qos: int = 0
+    shared: bool = False
+    """Use the configured share group (MQTT 5 shared subscription), if any."""
 
 
 def backoff_delay(attempt: int, *, min_s: float, max_s: float, jitter: float) -> float:
@@ -61,6 +72,10 @@ def _payload_bytes(payload: Any) -> bytes:
     if payload is None:
         return b""
     return str(payload).encode()
+
+
+class _Redeliver(Exception):  # noqa: N818  # a control-flow signal, not an error
+    """Reconnect so the broker sends again the QoS 1 input the full buffer left unacknowledged."""
 
 
 class MqttTransport:
@@ -94,6 +109,7 @@ class MqttTransport:
         self._out_ready = asyncio.Event()
         self._out_empty = asyncio.Event()
         self._out_empty.set()
+        self._out_space = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self.protocol: str | None = None
@@ -104,6 +120,10 @@ class MqttTransport:
         self.reconnects = 0
         self.lost_incoming = 0
         self.lost_outgoing = 0
+        self._acking = True
+        self._unacked_overflow = 0
+        self.redelivery_reconnects = 0
+        self._share_warned = False
 
     # -- public -----------------------------------------------------------------
     @property
@@ -122,17 +142,28 @@ class MqttTransport:
         return len(self._out)
 
     async def publish(self, message: OutboundMessage) -> None:
-        """Queue an answer; raise PublishError when the outgoing queue is full."""
+        """Queue an answer; wait while the outgoing queue is full (backpressure on the
+        workers, hence on unacknowledged input), and raise PublishError after
+        ``publish_timeout_s``."""
         n = len(message.payload)
-        if len(self._out) >= self._cfg.out_queue_size or (
-            self._out and self._out_bytes + n > self._cfg.out_queue_max_bytes
-        ):
-            self.lost_outgoing += 1
-            raise PublishError("outgoing queue is full (broker unreachable?)")
+        if self._out_full(n):
+            try:
+                async with asyncio.timeout(self._cfg.publish_timeout_s):
+                    while self._out_full(n):
+                        self._out_space.clear()
+                        await self._out_space.wait()
+            except TimeoutError:
+                self.lost_outgoing += 1
+                raise PublishError("outgoing queue is full (broker unreachable?)") from None
         self._out.append(message)
         self._out_bytes += n
         self._out_empty.clear()
         self._out_ready.set()
+
+    def _out_full(self, n: int) -> bool:
+        return len(self._out) >= self._cfg.out_queue_size or bool(
+            self._out and self._out_bytes + n > self._cfg.out_queue_max_bytes
+        )
 
     async def publish_now(self, message: OutboundMessage, *, timeout: float | None = None) -> None:
         """Publish immediately on the live connection (stats, availability)."""
@@ -147,6 +178,27 @@ class MqttTransport:
             async with asyncio.timeout(timeout):
                 await self._out_empty.wait()
         return not self._out
+
+    def stop_acking(self) -> None:
+        """Leave input unacknowledged from now on (shutdown): the broker keeps it
+        in the persistent session and delivers it again after the restart."""
+        self._acking = False
+
+    def subscription_topic(self, sub: Subscription) -> str:
+        """The topic filter to subscribe with on the current connection."""
+        group = self._cfg.share_group
+        if not sub.shared or group is None:
+            return sub.topic
+        if not self.mqtt5:
+            if not self._share_warned:
+                self._share_warned = True
+                logger.warning(
+                    "share_group %r needs MQTT 5; subscribing to %s without sharing",
+                    group,
+                    sub.topic,
+                )
+            return sub.topic
+        return f"$share/{group}/{sub.topic}"
 
     async def close(self, *, graceful: bool) -> None:
         """Flush answers and publish ``stopped`` (graceful); the caller then cancels run()."""
@@ -166,9 +218,18 @@ class MqttTransport:
         transport = self
 
         class CountingQueue(asyncio.Queue[aiomqtt.Message]):
-            """aiomqtt discards messages when its queue is full; count each one."""
+            """aiomqtt discards messages when its queue is full.
+
+            QoS 1 input is not acknowledged until taken, so the broker still owes it:
+            note it and reconnect once the queue drained (brokers resend unacknowledged
+            messages only on a new connection; Mosquitto 2.0 sends a persistent
+            session's whole backlog at once, past Receive Maximum). QoS 0 is lost: count it.
+            """
 
             def put_nowait(self, item: aiomqtt.Message) -> None:
+                if self.full() and item.qos > 0 and transport._acking:
+                    transport._unacked_overflow += 1
+                    return
                 try:
                     super().put_nowait(item)
                 except asyncio.QueueFull:
@@ -181,13 +242,22 @@ class MqttTransport:
     def _make_client(self, *, v5: bool, probe: bool = False) -> aiomqtt.Client:
         will = aiomqtt.Will(self._available, b"offline", qos=1, retain=True)
         password = self._cfg.password.get_secret_value() if self._cfg.password else None
+        cfg = self._cfg
         kwargs: dict[str, Any] = {}
         if v5:
             kwargs["protocol"] = aiomqtt.ProtocolVersion.V5
+            kwargs["clean_start"] = cfg.clean_start
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            # Without a Session Expiry Interval an MQTT 5 session ends at disconnect.
+            props.SessionExpiryInterval = 0 if cfg.clean_start else cfg.session_expiry_s
+            props.ReceiveMaximum = cfg.receive_maximum
+            kwargs["properties"] = props
         else:
             kwargs["protocol"] = aiomqtt.ProtocolVersion.V311
-            kwargs["clean_session"] = True
-        return aiomqtt.Client(
+            kwargs["clean_session"] = cfg.clean_start
+        if cfg.tls.enabled:
+            kwargs["tls_context"] = self._tls_context()
+        client = aiomqtt.Client(
             self._host,
             self._port,
             identifier=self._client_id,
@@ -202,6 +272,19 @@ class MqttTransport:
             max_queued_incoming_messages=self._cfg.max_queued_incoming,
             **kwargs,
         )
+        # aiomqtt has no switch for it: acknowledge QoS 1 input only once it is taken.
+        client._client.manual_ack_set(True)
+        return client
+
+    def _tls_context(self) -> ssl.SSLContext:
+        tls = self._cfg.tls
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+        if tls.cert_file is not None:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+        if tls.insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
 
     async def run(self, deliver: Deliver, ready: asyncio.Event) -> None:
         """Connect, subscribe, deliver, reconnect; runs until cancelled."""
@@ -221,6 +304,16 @@ class MqttTransport:
                     attempt = 0
                     ready.set()
                     await self._serve(client, deliver)
+            except _Redeliver:
+                self._lost_connection()
+                logger.warning(
+                    "incoming buffer was full; reconnected so the broker resends %d "
+                    "unacknowledged message(s)",
+                    self._unacked_overflow,
+                )
+                self._unacked_overflow = 0
+                self.redelivery_reconnects += 1
+                continue
             except aiomqtt.MqttCodeError as exc:
                 self._lost_connection()
                 if v5 and self._cfg.protocol == "auto" and exc.rc in _REFUSED_V5:
@@ -257,14 +350,15 @@ class MqttTransport:
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         # Subscribe first: "online" promises that input is being taken.
         for sub in self._subs:
-            await client.subscribe(sub.topic, qos=sub.qos)
+            await client.subscribe(self.subscription_topic(sub), qos=sub.qos)
         self._connected.set()
         await client.publish(self._available, b"online", qos=1, retain=True)
         logger.info(
-            "connected to MQTT %s:%d (MQTT %s) as %s",
+            "connected to MQTT %s:%d (MQTT %s%s) as %s",
             self._host,
             self._port,
             self.protocol,
+            ", TLS" if self._cfg.tls.enabled else "",
             self._client_id,
         )
 
@@ -276,6 +370,10 @@ class MqttTransport:
         try:
             async for message in client.messages:
                 await deliver(self._inbound(message))
+                if message.qos > 0 and self._acking:
+                    client._client.ack(message.mid, int(message.qos))
+                if self._unacked_overflow and len(client.messages) == 0:
+                    raise _Redeliver
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -305,16 +403,28 @@ class MqttTransport:
             while not self._out:
                 self._out_ready.clear()
                 await self._out_ready.wait()
-            message = self._out[0]
-            try:
-                await self._send(client, message, self._cfg.publish_timeout_s)
-            except PublishError as exc:
-                logger.warning("publish failed, will retry after reconnecting: %s", exc)
-                return
-            self._out.popleft()
-            self._out_bytes -= len(message.payload)
+            # Several QoS 1 publishes in flight at once: one at a time would cap the
+            # answers at one per broker round trip. PUBLISH packets leave in order.
+            batch = list(itertools.islice(self._out, _SEND_WINDOW))
+            results = await asyncio.gather(
+                *(self._send(client, m, self._cfg.publish_timeout_s) for m in batch),
+                return_exceptions=True,
+            )
+            failed = [m for m, r in zip(batch, results, strict=True) if r is not None]
+            for _ in batch:
+                self._out_bytes -= len(self._out.popleft().payload)
+            for message in reversed(failed):  # kept, in order, for the next connection
+                self._out.appendleft(message)
+                self._out_bytes += len(message.payload)
+            self._out_space.set()
             if not self._out:
                 self._out_empty.set()
+            if failed:
+                errors = [r for r in results if r is not None]
+                if any(not isinstance(e, PublishError) for e in errors):
+                    raise next(e for e in errors if not isinstance(e, PublishError))
+                logger.warning("publish failed, will retry after reconnecting: %s", errors[0])
+                return
 
     async def _send(self, client: aiomqtt.Client, message: OutboundMessage, timeout: float) -> None:
         props = None

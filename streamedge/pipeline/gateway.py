@@ -35,6 +35,7 @@ from streamedge.decoders.payloads import PayloadDecoder
 from streamedge.errors import ConfigError
 from streamedge.filters.chain import FilterChain, build_filter
 from streamedge.gateways.mqtt import MqttTransport, Subscription
+from streamedge.gateways.requests import reply_fields
 from streamedge.inference.factory import EdgeDefaults, build_options, build_router, needs_model
 from streamedge.inference.router import TierRouter
 from streamedge.models.factory import ModelInfo, build_model, model_info
@@ -92,7 +93,8 @@ class Gateway:
             client_id=cfg.mqtt.client_id or f"streamedge-{self.name}",
             available_topic=self.topics.available,
             subscriptions=[
-                Subscription(self.topics.inputs, cfg.mqtt.qos_in),
+                Subscription(self.topics.inputs, cfg.mqtt.qos_in, shared=True),
+                Subscription(self.topics.requests, cfg.mqtt.qos_in, shared=True),
                 Subscription(self.topics.stats_get, 0),
             ],
             host=self.broker_host,
@@ -293,6 +295,7 @@ class Gateway:
 
     async def _shutdown(self, workers: list[asyncio.Task[None]]) -> None:
         self._accepting = False
+        self.transport.stop_acking()  # what arrives now stays in the broker's session
         logger.info("stopping: draining %d queued message(s)", self.shards.depth)
         deadline = self._clock() + self.cfg.pipeline.drain_s
         # Polling a condition derived from every shard; 20 ms is nothing at shutdown.
@@ -343,14 +346,15 @@ class Gateway:
         if msg.topic == self.topics.stats_get:
             await self.stats_publisher.answer(msg)
             return
-        if not msg.topic.startswith(self.topics.input_root):
+        request = msg.topic.startswith(self.topics.request_root)
+        if not request and not msg.topic.startswith(self.topics.input_root):
             # Not device input: a broker sent something we did not subscribe to
             # (amqtt 0.12 replays retained messages of *other* clients'
             # subscriptions on connect). Count it apart from device traffic.
             self.strays += 1
             logger.debug("ignoring message on %r (not subscribed)", msg.topic[:200])
             return
-        key = self.topics.parse_input(msg.topic)
+        key = self.topics.parse_input(msg.topic, "req" if request else "in")
         self.stats.received(str(key) if key else None, len(msg.payload))
         if key is None:
             self.stats.dropped("unknown_topic")
@@ -371,15 +375,24 @@ class Gateway:
             self.stats.dropped("no_stream_rule", skey)
             logger.warning("dropping input from %s: no stream rule matches", key)
             return
+        reply_to, correlation = msg.reply_to, msg.correlation
+        if request and reply_to is None:
+            # MQTT 3.1.1 has no Response Topic: the request names it in its payload.
+            reply_to, correlation = reply_fields(msg.payload)
+            if reply_to is None:
+                self.stats.dropped("no_reply_to", skey)
+                logger.warning("dropping a request from %s: no Response Topic or reply_to", key)
+                return
         raw = RawMessage(
             stream=key,
             payload=msg.payload,
             received_at=msg.received_at,
             content_type=msg.content_type,
             qos=msg.qos,
-            reply_to=msg.reply_to,
-            correlation=msg.correlation,
+            reply_to=reply_to,
+            correlation=correlation,
             transport=msg.transport,
+            request=request,
         )
         await self.shards.shard_for(key).put(raw, rule.cfg.queue)
 

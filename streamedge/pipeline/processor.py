@@ -192,8 +192,11 @@ class Processor:
 
         start = time.perf_counter()
         now = self._clock()
-        dropped_by, failed = rule.chain.first_drop(key, item, now)
-        self._count_filters(rule.chain, dropped_by, failed)
+        if raw.request:  # a device asked for an answer; filters only thin streams
+            dropped_by = None
+        else:
+            dropped_by, failed = rule.chain.first_drop(key, item, now)
+            self._count_filters(rule.chain, dropped_by, failed)
         timer.add("filter", time.perf_counter() - start)
         if dropped_by is not None:
             if isinstance(item, Frame):
@@ -408,11 +411,14 @@ class Processor:
 
     async def _send(self, raw: RawMessage, key: StreamKey, payload: JSON, timer: _Timer) -> None:
         start = time.perf_counter()
+        if raw.request:
+            payload = {**payload, "correlation": correlation_echo(raw.correlation)}
         body = _dumps(payload)
-        await self._publish(
-            OutboundMessage(topic=self._topics.output(key), payload=body, qos=self._qos_out)
-        )
-        self._stats.published()
+        if not raw.request:
+            await self._publish(
+                OutboundMessage(topic=self._topics.output(key), payload=body, qos=self._qos_out)
+            )
+            self._stats.published()
         if raw.reply_to:
             await self._publish(
                 OutboundMessage(
@@ -464,6 +470,16 @@ class Processor:
         except PublishError:
             return Outcome("dropped", "publish_failed")
         return Outcome("answered", tier=str(Tier.FORWARD))
+
+
+def correlation_echo(correlation: bytes | None) -> Any:
+    """The request's correlation for the answer's body (3.1.1 has no property for it)."""
+    if correlation is None:
+        return None
+    try:
+        return json.loads(correlation)
+    except ValueError:
+        return correlation.decode(errors="replace")
 
 
 def rules_summary(rules: Sequence[RuleRuntime]) -> list[JSON]:
