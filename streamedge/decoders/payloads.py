@@ -50,7 +50,7 @@ def sniff_kind(payload: bytes, content_type: str | None) -> Kind:
     first = payload[:1]
     if first and (0x80 <= first[0] <= 0x8F or first[0] in (0xDE, 0xDF)):
         # A msgpack map: an envelope has a binary "data" field.
-        return "frame" if b"\xa4data" in payload[:64] else "reading"
+        return "frame" if b"\xa4data" in payload[:256] else "reading"
     raise DecodeError("payload is neither a JSON/msgpack map nor an image", reason="bad_payload")
 
 

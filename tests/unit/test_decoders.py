@@ -156,3 +156,62 @@ def test_to_bgr_conversions() -> None:
     with pytest.raises(DecodeError):
         to_bgr(np.zeros((2, 2, 5), dtype=np.uint8))
     assert math.isclose(float(to_bgr(np.ones((1, 1), dtype=np.float64))[0, 0, 0]), 255)
+
+
+def test_frame_envelope_with_jpeg_data_and_device_time(decoder: PayloadDecoder) -> None:
+    ok, buf = cv2.imencode(".jpg", image())
+    assert ok
+    env = msgpack.packb({"ts": 1700000000.25, "content_type": "image/jpeg", "data": bytes(buf)})
+    frame = decoder.decode(raw(env))
+    assert isinstance(frame, Frame)
+    assert frame.ts == 1700000000.25
+    assert frame.image.shape == (48, 64, 3)
+    assert frame.encoded_bytes == len(env)
+
+
+def test_frame_envelope_with_a_gray_raw_array(decoder: PayloadDecoder) -> None:
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    env = msgpack.packb({"content_type": "image/x-raw", "data": gray.tobytes(), "shape": [3, 4]})
+    frame = decoder.decode(raw(env))
+    assert isinstance(frame, Frame)
+    assert frame.image.shape == (3, 4, 3)
+    assert (frame.image[:, :, 1] == gray).all()
+
+
+def test_an_envelope_carrying_request_routing_is_still_a_frame(decoder: PayloadDecoder) -> None:
+    # A 3.1.1 request names its reply topic inside the envelope, before 'data'.
+    env = msgpack.packb(
+        {
+            "ts": 3.0,
+            "reply_to": "streamedge/replies/" + "x" * 100,
+            "correlation": "c-1",
+            "content_type": "image/x-raw",
+            "shape": [2, 2, 3],
+            "data": bytes(12),
+        }
+    )
+    assert sniff_kind(env, None) == "frame"
+    frame = decoder.decode(raw(env))
+    assert isinstance(frame, Frame) and frame.ts == 3.0
+
+
+def test_content_type_property_decides_the_kind(decoder: PayloadDecoder) -> None:
+    # MQTT 5 Content Type (or CoAP Content-Format) overrides sniffing the bytes.
+    ok, buf = cv2.imencode(".png", image(8, 8))
+    assert ok
+    assert isinstance(decoder.decode(raw(bytes(buf), "image/png")), Frame)
+    assert isinstance(decoder.decode(raw(b' {"t": 1}', "application/json")), Reading)
+    with pytest.raises(DecodeError) as err:
+        decoder.decode(raw(b'{"t": 1}', "image/jpeg"))
+    assert err.value.reason == "bad_image"
+
+
+def test_request_routing_fields_are_not_reading_values(decoder: PayloadDecoder) -> None:
+    for payload in (
+        json.dumps({"t": 2, "reply_to": "a/b", "correlation": 7}).encode(),
+        msgpack.packb({"t": 2, "reply_to": "a/b", "correlation": 7}),
+    ):
+        reading = decoder.decode(raw(payload))
+        assert isinstance(reading, Reading)
+        assert reading.values == {"t": 2.0}
+        assert reading.extra == {}
