@@ -20,7 +20,7 @@ from paho.mqtt.properties import Properties
 
 from streamedge.config import StreamedgeConfig
 from streamedge.pipeline.gateway import Gateway
-from tests.conftest import BrokerInfo, free_port, mosquitto_binary, wait_port
+from tests.conftest import ROOT, BrokerInfo, free_port, mosquitto_binary, wait_port
 from tests.integration.helpers import client, collect, gateway_config, running, wait_until
 
 pytestmark = pytest.mark.integration
@@ -179,24 +179,31 @@ async def test_share_group_on_mqtt311_falls_back_to_a_plain_subscription(
 
 # -- credentials ------------------------------------------------------------------------
 _PASSWORD = "s3cret"  # a test broker's
+_USERS = ("streamedge", "env1", "dashboard")
 
 
 @pytest.fixture
-def password_broker(tmp_path: Path) -> Iterator[int]:
-    """A Mosquitto that admits only user 'gw' from a password file; yields its port."""
+def auth_broker(tmp_path: Path) -> Iterator[int]:
+    """Mosquitto on brokers/mosquitto-auth.conf and brokers/mosquitto.acl, with
+    accounts for the gateway, device env1 and an app; yields its port."""
     binary, passwd = mosquitto_binary(), shutil.which("mosquitto_passwd")
     if binary is None or passwd is None:
         pytest.skip("mosquitto is not installed (.ci/run installs it)")
     pwfile = tmp_path / "passwd"
-    subprocess.run([passwd, "-c", "-b", str(pwfile), "gw", _PASSWORD], check=True)
+    for i, user in enumerate(_USERS):
+        create = ["-c"] if i == 0 else []
+        subprocess.run([passwd, *create, "-b", str(pwfile), user, _PASSWORD], check=True)
     pwfile.chmod(0o600)
     port = free_port()
-    conf = tmp_path / "m.conf"
+    text = (ROOT / "brokers" / "mosquitto-auth.conf").read_text()
+    text = text.replace("/etc/mosquitto/passwd", str(pwfile))
+    text = text.replace("/etc/mosquitto/streamedge.acl", str(ROOT / "brokers" / "mosquitto.acl"))
+    text = text.replace("/var/lib/mosquitto/", f"{tmp_path}/")
+    text = text.replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
+    text = text.replace("log_dest syslog", "log_dest stderr")
     user = pwd.getpwuid(os.geteuid()).pw_name  # as root Mosquitto would switch users
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pwfile}\n"
-        f"user {user}\nlog_dest stderr\nlog_type error\n"
-    )
+    conf = tmp_path / "m.conf"
+    conf.write_text(text + f"\nuser {user}\n")
     proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
     try:
         wait_port("127.0.0.1", port)
@@ -206,24 +213,35 @@ def password_broker(tmp_path: Path) -> Iterator[int]:
         proc.wait(10)
 
 
-async def test_username_and_password_against_a_mosquitto_password_file(
-    password_broker: int, prefix: str, models_dir: Path
+async def test_accounts_and_topic_rights_of_the_example_broker_config(
+    auth_broker: int, models_dir: Path
 ) -> None:
-    where = ("127.0.0.1", password_broker)
+    where = ("127.0.0.1", auth_broker)
     with pytest.raises(aiomqtt.MqttError):
         async with client(where):
             pass  # anonymous is refused
-    mqtt = {"host": "127.0.0.1", "port": password_broker, "topic_prefix": prefix}
+    mqtt = {"host": "127.0.0.1", "port": auth_broker, "topic_prefix": "streamedge"}
     gw = Gateway(
         gateway_config(
-            where, prefix, models_dir, mqtt={**mqtt, "username": "gw", "password": _PASSWORD}
+            where,
+            "streamedge",
+            models_dir,
+            mqtt={**mqtt, "username": "streamedge", "password": _PASSWORD},
         )
     )
-    async with running(gw), client(where, username="gw", password=_PASSWORD) as c:
-        await c.subscribe(f"{prefix}/out/#", qos=1)
-        await c.publish(f"{prefix}/in/s1/env", b'{"t": 2}', qos=1)
-        got = await collect(c, 1)
-    assert got and got[0][1]["values"] == {"t": 2.0}
+    async with (
+        running(gw),
+        client(where, username="env1", password=_PASSWORD) as device,
+        client(where, username="dashboard", password=_PASSWORD) as app,
+    ):
+        await app.subscribe("streamedge/out/#", qos=1)
+        await device.publish("streamedge/in/env2/env", b'{"t": 1}', qos=1)  # not its own
+        await device.publish("streamedge/in/env1/env", b'{"t": 2}', qos=1)
+        got = await collect(app, 2, timeout=3)
+    assert [(topic, doc["values"]) for topic, doc in got] == [
+        ("streamedge/out/env1/env", {"t": 2.0})
+    ]
+    assert gw.stats.messages_in == 1
 
 
 # -- the Mosquitto command-line clients -------------------------------------------------
