@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import random
 import ssl
@@ -43,7 +42,7 @@ from streamedge.records import Clock, Inbound, OutboundMessage
 logger = logging.getLogger(__name__)
 
 _REFUSED_V5 = {1, 132}  # "unacceptable protocol version" in 3.1.1 and 5 reason codes
-_SEND_WINDOW = 64  # answers published concurrently (awaiting their PUBACKs)
+_SEND_WINDOW = 100  # answers published and awaiting their PUBACKs at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +273,7 @@ class MqttTransport:
         )
         # aiomqtt has no switch for it: acknowledge QoS 1 input only once it is taken.
         client._client.manual_ack_set(True)
+        client.pending_calls_threshold = _SEND_WINDOW + 10  # the sender's window is deliberate
         return client
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -368,7 +368,16 @@ class MqttTransport:
         # MqttError that ends the connection into an ExceptionGroup).
         sender = asyncio.create_task(self._sender(client), name=f"{self._client_id}.mqtt-sender")
         try:
-            async for message in client.messages:
+            messages = aiter(client.messages)
+            queue = client._queue
+            while True:
+                # aiomqtt's iterator starts a task and an asyncio.wait per message;
+                # take what is already queued directly (the iterator still watches
+                # for the disconnect whenever the queue runs dry).
+                try:
+                    message = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    message = await anext(messages)
                 await deliver(self._inbound(message))
                 if message.qos > 0 and self._acking:
                     client._client.ack(message.mid, int(message.qos))
@@ -398,33 +407,41 @@ class MqttTransport:
         )
 
     async def _sender(self, client: aiomqtt.Client) -> None:
-        """Publish queued answers in order; on failure keep the answer and stop."""
-        while True:
-            while not self._out:
-                self._out_ready.clear()
-                await self._out_ready.wait()
-            # Several QoS 1 publishes in flight at once: one at a time would cap the
-            # answers at one per broker round trip. PUBLISH packets leave in order.
-            batch = list(itertools.islice(self._out, _SEND_WINDOW))
-            results = await asyncio.gather(
-                *(self._send(client, m, self._cfg.publish_timeout_s) for m in batch),
-                return_exceptions=True,
-            )
-            failed = [m for m, r in zip(batch, results, strict=True) if r is not None]
-            for _ in batch:
-                self._out_bytes -= len(self._out.popleft().payload)
-            for message in reversed(failed):  # kept, in order, for the next connection
-                self._out.appendleft(message)
-                self._out_bytes += len(message.payload)
-            self._out_space.set()
-            if not self._out:
-                self._out_empty.set()
-            if failed:
-                errors = [r for r in results if r is not None]
-                if any(not isinstance(e, PublishError) for e in errors):
-                    raise next(e for e in errors if not isinstance(e, PublishError))
-                logger.warning("publish failed, will retry after reconnecting: %s", errors[0])
-                return
+        """Publish queued answers in order, up to _SEND_WINDOW awaiting their PUBACKs
+        (one at a time would cap the answers at one per broker round trip). An answer
+        leaves the queue only once acknowledged; on a failure the rest stay queued
+        for the next connection (at least once: some may arrive twice)."""
+        pending: deque[asyncio.Task[None]] = deque()  # for self._out[0 : len(pending)]
+        wake = self._out_ready  # set by publish() and by every finished send
+        timeout = self._cfg.publish_timeout_s
+        try:
+            while True:
+                wake.clear()
+                while pending and pending[0].done():
+                    if pending[0].exception() is not None:
+                        exc = pending[0].exception()
+                        if not isinstance(exc, PublishError):
+                            raise exc  # type: ignore[misc]
+                        logger.warning("publish failed, will retry after reconnecting: %s", exc)
+                        return
+                    pending.popleft()
+                    self._out_bytes -= len(self._out.popleft().payload)
+                    self._out_space.set()
+                if not self._out:
+                    self._out_empty.set()
+                while len(pending) < min(_SEND_WINDOW, len(self._out)):
+                    task = asyncio.ensure_future(
+                        self._send(client, self._out[len(pending)], timeout)
+                    )
+                    task.add_done_callback(lambda _t: wake.set())
+                    pending.append(task)
+                await wake.wait()
+        finally:
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, PublishError):
+                    await task
 
     async def _send(self, client: aiomqtt.Client, message: OutboundMessage, timeout: float) -> None:
         props = None
