@@ -101,7 +101,7 @@ def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     conf = workdir / "mosquitto.conf"
     text = (ROOT / "brokers" / "mosquitto-test.conf").read_text()
-    conf.write_text(text + f"\nlistener {port} 127.0.0.1\n")
+    conf.write_text(text + f"\nlistener {port} 127.0.0.1\n")  # set_tcp_nodelay is in it
     proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc, port
@@ -306,7 +306,7 @@ SCENARIOS: list[tuple[str, Callable[[Context], Awaitable[Row]]]] = [
 
 def table(rows: list[Row], base: Row) -> str:
     head = (
-        f"{'scenario':<14} {'messages':>8} {'msg/s':>9} {'vs broker':>9} "
+        f"{'scenario':<22} {'messages':>8} {'msg/s':>9} {'vs broker':>9} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7} {'peak MB':>8}"
     )
     lines = [head, "-" * len(head)]
@@ -314,7 +314,7 @@ def table(rows: list[Row], base: Row) -> str:
         rss = f"{r.rss_mb:.1f}" if r.rss_mb is not None else "-"
         peak = f"{r.peak_rss_mb:.1f}" if r.peak_rss_mb is not None else "-"
         lines.append(
-            f"{r.scenario:<14} {r.messages:>8} {r.rate:>9.0f} {r.rate / base.rate:>8.0%} "
+            f"{r.scenario:<22} {r.messages:>8} {r.rate:>9.0f} {r.rate / base.rate:>8.0%} "
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {rss:>7} {peak:>8}"
         )
     return "\n".join(lines)
@@ -344,6 +344,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if name == "broker" and args.warmup:
                     await scenario(warm)  # connections, page cache, CPU frequency
                 rows.append(await scenario(ctx))
+            if args.paced_rate:
+                # Latency without a backlog: the same path at a rate both keep up with.
+                n = min(len(ctx.payloads), int(args.paced_rate * args.paced_s))
+                paced = Context(**{**asdict(ctx), "payloads": ctx.payloads[:n]})
+                paced.rate = args.paced_rate
+                for name, scenario in SCENARIOS:
+                    if name in wanted:
+                        row = await scenario(paced)
+                        row.scenario = f"{name}@{args.paced_rate:g}/s"
+                        rows.append(row)
         finally:
             broker.terminate()
             broker.wait(10)
@@ -389,6 +399,13 @@ def main() -> None:
         default=0.0,
         help="offered msg/s (0: saturate; latency then is mostly queueing)",
     )
+    parser.add_argument(
+        "--paced-rate",
+        type=float,
+        default=1000.0,
+        help="also run each scenario at this offered rate, for latency (0: skip)",
+    )
+    parser.add_argument("--paced-s", type=float, default=5.0, help="length of a paced run")
     parser.add_argument("--only", nargs="*", help="scenario names to run")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import ssl
 import time
 from collections import deque
@@ -348,6 +349,12 @@ class MqttTransport:
         self._client = None
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
+        # paho leaves Nagle on: an answer written right after an input's PUBACK would
+        # wait for the broker's delayed TCP ACK (milliseconds, more at low rates).
+        sock = client._client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Subscribe first: "online" promises that input is being taken.
         for sub in self._subs:
             await client.subscribe(self.subscription_topic(sub), qos=sub.qos)
