@@ -313,8 +313,9 @@ def table(rows: list[Row], base: Row) -> str:
     for r in rows:
         rss = f"{r.rss_mb:.1f}" if r.rss_mb is not None else "-"
         peak = f"{r.peak_rss_mb:.1f}" if r.peak_rss_mb is not None else "-"
+        ratio = "-" if "@" in r.scenario else f"{r.rate / base.rate:.0%}"  # paced: rate is set
         lines.append(
-            f"{r.scenario:<22} {r.messages:>8} {r.rate:>9.0f} {r.rate / base.rate:>8.0%} "
+            f"{r.scenario:<22} {r.messages:>8} {r.rate:>9.0f} {ratio:>9} "
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {rss:>7} {peak:>8}"
         )
     return "\n".join(lines)
