@@ -460,6 +460,7 @@ class Gateway:
             "protocol": t.protocol,
             "out_queue": t.out_depth,
             "reconnects": t.reconnects,
+            "redelivery_reconnects": t.redelivery_reconnects,
             "lost_incoming": t.lost_incoming,
             "lost_outgoing": t.lost_outgoing,
             "stray_messages": self.strays,
