@@ -8,6 +8,7 @@ import logging
 import os
 import pwd
 import shutil
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -296,3 +297,65 @@ async def test_mosquitto_pub_mqtt5_request_gets_its_correlation_back(
         correlation, _, body = (await reply).decode().partition(" ")
     assert correlation == "abc123"
     assert json.loads(body)["values"] == {"t": 4.0}
+
+
+# -- TLS --------------------------------------------------------------------------------
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """Mosquitto with a TLS listener and a certificate for 127.0.0.1 signed by a CA of
+    its own; yields the port and the CA certificate."""
+    binary, openssl = mosquitto_binary(), shutil.which("openssl")
+    if binary is None or openssl is None:
+        pytest.skip("mosquitto and openssl are needed (.ci/run installs them)")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    d = tmp_path
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True)
+
+    run("req", "-x509", *ec, "-keyout", f"{d}/ca.key", "-out", f"{d}/ca.crt", "-days", "1",
+        "-subj", "/CN=streamedge-test-ca")  # fmt: skip
+    run("req", *ec, "-keyout", f"{d}/server.key", "-out", f"{d}/server.csr",
+        "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", f"{d}/server.csr", "-CA", f"{d}/ca.crt",
+        "-CAkey", f"{d}/ca.key", "-CAcreateserial", "-out", f"{d}/server.crt",
+        "-days", "1", "-extfile", f"{d}/san.ext")  # fmt: skip
+    for name in ("ca.key", "server.key"):
+        (d / name).chmod(0o644)  # Mosquitto may run as another user
+    port = free_port()
+    conf = d / "m.conf"
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {d}/ca.crt\n"
+        f"certfile {d}/server.crt\nkeyfile {d}/server.key\nuser {user}\n"
+        "log_dest stderr\nlog_type error\n"
+    )
+    proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    try:
+        wait_port("127.0.0.1", port)
+        yield port, d / "ca.crt"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+async def test_tls_to_the_broker(
+    tls_broker: tuple[int, Path], prefix: str, models_dir: Path, verify: bool
+) -> None:
+    port, ca = tls_broker
+    where = ("127.0.0.1", port)
+    # verify: the broker's certificate checked against our CA; else 'insecure' (no check).
+    tls = {"enabled": True, "ca_file": str(ca)} if verify else {"enabled": True, "insecure": True}
+    mqtt = {"host": "127.0.0.1", "port": port, "topic_prefix": prefix, "tls": tls}
+    gw = Gateway(gateway_config(where, prefix, models_dir, mqtt=mqtt))
+    ctx = ssl.create_default_context(cafile=str(ca))
+    async with running(gw), client(where, tls_context=ctx) as c:
+        await c.subscribe(f"{prefix}/out/#", qos=1)
+        await c.publish(f"{prefix}/in/s1/env", b'{"t": 5}', qos=1)
+        got = await collect(c, 1)
+    assert got and got[0][1]["values"] == {"t": 5.0}
+    with pytest.raises(aiomqtt.MqttError):
+        async with client(where, timeout=2):
+            pass  # plain MQTT is not spoken on this port
