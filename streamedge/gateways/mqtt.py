@@ -227,7 +227,13 @@ class MqttTransport:
             """
 
             def put_nowait(self, item: aiomqtt.Message) -> None:
-                if self.full() and item.qos > 0 and transport._acking:
+                # Only a persistent session outlives the reconnect that gets it resent.
+                if (
+                    self.full()
+                    and item.qos > 0
+                    and transport._acking
+                    and not transport._cfg.clean_start
+                ):
                     transport._unacked_overflow += 1
                     return
                 try:
