@@ -24,7 +24,7 @@ from streamedge.caches.config import CacheConfig
 from streamedge.confbase import Model, RelPath
 from streamedge.errors import ConfigError
 from streamedge.filters.config import FilterConfig
-from streamedge.gateways.config import MqttConfig
+from streamedge.gateways.config import CoapConfig, MqttConfig
 from streamedge.inference.config import InferenceConfig, ModelConfig
 from streamedge.stats.config import StatsConfig
 
@@ -158,6 +158,7 @@ class StreamedgeConfig(Model):
 
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    coap: CoapConfig = Field(default_factory=CoapConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     models: list[ModelConfig] = Field(default_factory=list, description="Models by name.")

@@ -25,6 +25,8 @@ Clock: TypeAlias = Callable[[], float]
 """Monotonic seconds. Tests inject a fake clock."""
 JSON: TypeAlias = dict[str, Any]
 """A JSON-serialisable object (answers, stats snapshots)."""
+OutcomeHook: TypeAlias = Callable[[str, str | None], None]
+"""Called with an outcome kind (answered, filtered, dropped, deferred) and its reason."""
 
 
 class Tier(StrEnum):
@@ -87,6 +89,8 @@ class Inbound:
     """MQTT 5 Response Topic (CoAP: the request's own response)."""
     correlation: bytes | None = None
     transport: str = "mqtt"
+    on_outcome: OutcomeHook | None = None
+    """Told how the message ended (kind, reason); CoAP answers its request from it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +107,8 @@ class RawMessage:
     """Where an on-demand answer goes (MQTT 5 Response Topic or ``reply_to``)."""
     correlation: bytes | None = None
     transport: str = "mqtt"
+    on_outcome: OutcomeHook | None = None
+    """Told how the message ended (kind, reason); CoAP answers its request from it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

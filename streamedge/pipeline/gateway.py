@@ -34,6 +34,7 @@ from streamedge.config import StreamedgeConfig
 from streamedge.decoders.payloads import PayloadDecoder
 from streamedge.errors import ConfigError
 from streamedge.filters.chain import FilterChain, build_filter
+from streamedge.gateways.coap import CoapServer
 from streamedge.gateways.mqtt import MqttTransport, Subscription
 from streamedge.inference.factory import EdgeDefaults, build_options, build_router, needs_model
 from streamedge.inference.router import TierRouter
@@ -47,6 +48,7 @@ from streamedge.records import (
     Clock,
     Inbound,
     ModelRef,
+    OutboundMessage,
     RawMessage,
     StreamKey,
 )
@@ -127,6 +129,23 @@ class Gateway:
         self.stats.gauges["queues"] = self._queue_gauge
         self.stats.gauges["caches"] = self._cache_gauge
         self.stats.gauges["transport"] = self._transport_gauge
+        self.coap = (
+            CoapServer(
+                cfg.coap,
+                topics=self.topics,
+                stats=self.stats,
+                deliver=self._deliver,
+                has_rule=lambda key: self.rule_for(key) is not None,
+                accepting=lambda: self._accepting,
+                max_payload_bytes=cfg.limits.max_payload_bytes,
+                stats_interval_s=cfg.stats.interval_s,
+                clock=clock,
+            )
+            if cfg.coap.enabled
+            else None
+        )
+        if self.coap is not None:
+            self.stats.gauges["coap"] = self.coap.gauge
 
     # -- building ----------------------------------------------------------------
     def _data_dir(self) -> Path:
@@ -163,7 +182,7 @@ class Gateway:
         )
         self.router.on_late = LateAnswers(
             topics=self.topics,
-            publish=self.transport.publish,
+            publish=self._publish,
             stats=self.stats,
             qos=cfg.mqtt.qos_out,
             wall_clock=self._wall,
@@ -223,7 +242,7 @@ class Gateway:
             topics=self.topics,
             decoder=self._decoder,
             infer=self.router.infer,
-            publish=self.transport.publish,
+            publish=self._publish,
             stats=self.stats,
             clock=self._clock,
             wall_clock=self._wall,
@@ -246,6 +265,8 @@ class Gateway:
                 )
             if self.http is not None:
                 await stack.enter_async_context(self.http)  # bind now: a taken port fails fast
+            if self.coap is not None:
+                await stack.enter_async_context(self.coap)  # closed after the drain below
             if self.processor is None:
                 await self.build()
             assert self.router is not None  # noqa: S101  # set by build()
@@ -322,8 +343,16 @@ class Gateway:
         self.stats.dropped(reason)
         logger.warning("inbound MQTT message lost before delivery: %s", reason)
 
+    async def _publish(self, message: OutboundMessage) -> None:
+        """Answers go to CoAP observers (if serving) and to MQTT."""
+        if self.coap is not None:
+            self.coap.answer(message)
+        await self.transport.publish(message)
+
     def _queue_drop(self, raw: RawMessage, reason: str) -> None:
         self.stats.dropped(reason, str(raw.stream))
+        if raw.on_outcome is not None:
+            raw.on_outcome("dropped", reason)
         logger.warning("dropping input from %s: %s", raw.stream, reason)
 
     def rule_for(self, key: StreamKey) -> RuleRuntime | None:
@@ -380,6 +409,7 @@ class Gateway:
             reply_to=msg.reply_to,
             correlation=msg.correlation,
             transport=msg.transport,
+            on_outcome=msg.on_outcome,
         )
         await self.shards.shard_for(key).put(raw, rule.cfg.queue)
 
@@ -415,6 +445,8 @@ class Gateway:
             self.stats.deferred_to_store(skey)
         else:
             self.stats.dropped(outcome.reason or "unknown", skey)
+        if raw.on_outcome is not None:
+            raw.on_outcome(outcome.kind, outcome.reason)
 
     # -- stats -------------------------------------------------------------------
     def readiness(self) -> tuple[bool, str]:
