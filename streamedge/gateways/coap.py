@@ -230,7 +230,12 @@ class _InResources(resource.Resource, resource.PathCapable):  # type: ignore[mis
         if refusal is not None:
             pipe.add_response(refusal, is_last=True)
             return
-        await super().render_to_pipe(pipe)
+        try:
+            await super().render_to_pipe(pipe)
+        except ValueError:
+            # aiocoap's spool found a gap or overlap: two uploads from one endpoint to
+            # one stream interleaved (no Request-Tag), or blocks were lost.
+            pipe.add_response(self._server.broken_upload(pipe.request), is_last=True)
 
     async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
         return await self._server.ingest(request)
@@ -352,6 +357,18 @@ class CoapServer:
             msg.opt.max_age = self.cfg.retry_after_s
         self.responses[msg.code.dotted] += 1
         return msg
+
+    def broken_upload(self, request: aiocoap.Message) -> aiocoap.Message:
+        """Answer a block-wise upload that could not be reassembled (4.08)."""
+        key = self._key(request)
+        self._uploads.pop((request.remote.blockwise_key, key), None)
+        return self._refuse(
+            Code.REQUEST_ENTITY_INCOMPLETE,
+            "incomplete_upload",
+            key,
+            len(request.payload),
+            "block-wise upload has gaps (concurrent uploads to one stream need a Request-Tag)",
+        )
 
     @staticmethod
     def _key(request: aiocoap.Message) -> StreamKey | None:
