@@ -92,7 +92,7 @@ class CoapConfig(Model):
             "(no DTLS/OSCORE), so opt in and keep it on a trusted network."
         ),
     )
-    bind: str = Field(
+    bind: EnvStr = Field(
         "127.0.0.1",
         description="Address the UDP server binds; '::' or '0.0.0.0' to accept devices on the LAN.",
     )
