@@ -80,9 +80,16 @@ def jpeg_60kb() -> bytes:
     return bytes(buf)
 
 
+def mosquitto_binary() -> str | None:
+    found = shutil.which("mosquitto")
+    if found is None and Path("/usr/sbin/mosquitto").exists():
+        found = "/usr/sbin/mosquitto"  # Debian installs it outside a user's PATH
+    return found
+
+
 @contextlib.contextmanager
 def mosquitto(port: int, workdir: Path) -> Any:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    binary = mosquitto_binary() or "mosquitto"
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
     proc = subprocess.Popen(
@@ -230,7 +237,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     def reading(i: int) -> bytes:
         return json.dumps({"seq": i, "t": 21.5 + (i % 7)}).encode()
 
-    def a_frame(i: int) -> bytes:
+    def a_frame(_i: int) -> bytes:
         return frame
 
     # The floor: a bare aiocoap server, same clients, same loop.
@@ -241,12 +248,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         site, bind=("127.0.0.1", echo_port), transports=["udp6"]
     )
     async with coap_clients(args.clients) as ctxs:
-        send = coap_sender(ctxs, lambda c: f"coap://127.0.0.1:{echo_port}/echo", reading, 50)
+        send = coap_sender(ctxs, lambda _c: f"coap://127.0.0.1:{echo_port}/echo", reading, 50)
         await closed_loop(args.clients, 5, send)  # warm-up
         results["aiocoap echo"] = await closed_loop(args.clients, per_client, send)
     await server.shutdown()
 
-    embedded = not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())
+    embedded = mosquitto_binary() is None
     broker_port = _port(socket.SOCK_STREAM)
     coap_port = _port(socket.SOCK_DGRAM)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as broker:
