@@ -77,6 +77,17 @@ def response_code(kind: str, reason: str | None) -> Code:
     return Code.INTERNAL_SERVER_ERROR
 
 
+def refuse(servobs: Any) -> None:
+    """Serve an Observe request as a plain GET.
+
+    aiocoap 0.4.17 calls the cancellation callback of every observation it
+    set up, accepted or not; accepting with a no-op and deregistering before
+    the first response is its way of saying no.
+    """
+    servobs.accept(lambda: None)
+    servobs.deregister()
+
+
 class _Notifier:
     """The observers of one resource, notified at most once per interval.
 
@@ -116,6 +127,7 @@ class _Notifier:
         if server.observer_count >= server.cfg.max_observers:
             server.refused_observers += 1
             logger.warning("CoAP observation refused: coap.max_observers reached")
+            refuse(servobs)
             return False
         self.observers.add(servobs)
         server.observer_count += 1
@@ -179,7 +191,9 @@ class _OutResources(resource.ObservableResource, resource.PathCapable):  # type:
 
     async def add_observation(self, request: aiocoap.Message, servobs: Any) -> None:
         entry = self.entries.get(tuple(request.opt.uri_path))
-        if entry is not None:
+        if entry is None:
+            refuse(servobs)  # render_get answers 4.04
+        else:
             entry.notifier.add(servobs)
 
     async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:

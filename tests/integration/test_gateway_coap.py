@@ -13,11 +13,13 @@ from typing import Any
 
 import aiocoap
 import cv2
+import jsonschema
 import numpy as np
 import pytest
 from aiocoap.numbers.codes import Code
 
 from streamedge.pipeline.gateway import Gateway
+from streamedge.stats.schema import snapshot_schema
 from tests.conftest import BrokerInfo
 from tests.integration.helpers import client, collect, gateway_config, running, wait_until
 
@@ -218,6 +220,9 @@ async def test_stats_resource_get_and_observe(
         obs.observation.cancel()
     doc = json.loads(snap.payload)
     assert snap.code == Code.CONTENT
+    schema = snapshot_schema()
+    jsonschema.Draft202012Validator(schema).validate(doc)
+    assert set(doc["coap"]) == set(schema["properties"]["coap"]["properties"])
     assert doc["gateway"] == gw.name
     assert doc["messages"]["in"] == 1
     assert doc["coap"]["responses"]["2.04"] == 1
@@ -240,6 +245,7 @@ async def test_error_codes_are_answered_and_counted(
         short_path = await request(coap_client, Code.POST, f"{b}/in/m1", b'{"watts": 1}')
         no_rule = await request(coap_client, Code.POST, f"{b}/in/m1/nothing", b'{"watts": 1}')
         no_answer = await request(coap_client, Code.GET, f"{b}/out/m1/power")
+        no_answer_observed = await request(coap_client, Code.GET, f"{b}/out/m1/power", observe=0)
         nowhere = await request(coap_client, Code.GET, f"{b}/elsewhere")
         huge = await request(coap_client, Code.POST, f"{b}/in/cam1/camera", noisy_jpeg(260))
         unblocked = await request(coap_client, Code.POST, f"{b}/in/m1/power", b'{"watts": 2}')
@@ -247,6 +253,8 @@ async def test_error_codes_are_answered_and_counted(
     assert short_path.code == Code.NOT_FOUND
     assert no_rule.code == Code.NOT_FOUND
     assert no_answer.code == Code.NOT_FOUND
+    assert no_answer_observed.code == Code.NOT_FOUND
+    assert no_answer_observed.opt.observe is None
     assert nowhere.code == Code.NOT_FOUND
     assert huge.code == Code.REQUEST_ENTITY_TOO_LARGE
     assert huge.opt.size1 == 50_000
@@ -357,7 +365,7 @@ COAP_CLIENT = shutil.which("coap-client-notls")
 
 @pytest.mark.skipif(COAP_CLIENT is None, reason="libcoap's coap-client-notls is not installed")
 async def test_libcoap_client_posts_a_reading_and_reads_out_and_stats(
-    mqtt_broker: BrokerInfo, prefix: str, models_dir: Path
+    mqtt_broker: BrokerInfo, prefix: str, models_dir: Path, tmp_path: Path
 ) -> None:
     assert COAP_CLIENT is not None
 
@@ -382,6 +390,11 @@ async def test_libcoap_client_posts_a_reading_and_reads_out_and_stats(
         out = await coap_client_cli("-m", "get", f"{base(gw)}/out/meter7/power")
         stats = await coap_client_cli("-m", "get", f"{base(gw)}/stats")
         bad = await coap_client_cli("-m", "post", "-e", "nonsense", f"{base(gw)}/in/meter7/power")
+        frame = tmp_path / "frame.jpg"
+        frame.write_bytes(noisy_jpeg(260))
+        framed = await coap_client_cli(
+            "-m", "post", "-t", "22", "-f", str(frame), f"{base(gw)}/in/cam1/camera"
+        )
     assert json.loads(posted)["values"] == {"watts": 42.0}
     assert json.loads(out) == json.loads(posted)
     doc = json.loads(stats)  # larger than one block: libcoap fetches it block-wise
@@ -389,3 +402,6 @@ async def test_libcoap_client_posts_a_reading_and_reads_out_and_stats(
     assert doc["messages"]["in"] == 1
     assert "4.00" in bad
     assert gw.stats.drops == {"bad_payload": 1}
+    assert json.loads(framed)["tier"] == "local"
+    assert gw.coap is not None
+    assert gw.coap.block_uploads == 1  # libcoap sent the 60 KB frame block-wise
