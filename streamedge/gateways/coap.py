@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ import aiocoap
 from aiocoap import resource
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.contentformat import ContentFormat
+from aiocoap.optiontypes import BlockOption
 
 from streamedge.gateways.config import CoapConfig
 from streamedge.protocols import Deliver
@@ -75,6 +77,31 @@ def response_code(kind: str, reason: str | None) -> Code:
     if reason in _UNAVAILABLE:
         return Code.SERVICE_UNAVAILABLE
     return Code.INTERNAL_SERVER_ERROR
+
+
+def content(request: aiocoap.Message, body: bytes) -> aiocoap.Message:
+    """A 2.05 JSON response with an ETag, cut to the requested (or first) Block2 block.
+
+    aiocoap does not split Observe notifications, and a peer such as libcoap
+    drops a datagram larger than its block size, so large bodies always
+    leave block-wise; the client fetches the rest with plain GETs, and the
+    ETag tells it when the body changed in between.
+    """
+    msg = aiocoap.Message(code=Code.CONTENT, payload=body, content_format=_JSON_CF)
+    msg.opt.etag = hashlib.blake2b(body, digest_size=8).digest()
+    block2 = request.opt.block2
+    max_payload = request.remote.maximum_payload_size
+    if block2 is None and len(body) <= max_payload:
+        return msg
+    if block2 is None:
+        block2 = BlockOption.BlockwiseTuple(0, False, request.remote.maximum_block_size_exp)
+    return msg._extract_block(block2.block_number, block2.size_exponent, max_payload)
+
+
+def later_block(request: aiocoap.Message) -> bool:
+    """Whether a request asks for a block after the first (never an observation)."""
+    block2 = request.opt.block2
+    return block2 is not None and block2.block_number > 0
 
 
 def refuse(servobs: Any) -> None:
@@ -189,10 +216,13 @@ class _OutResources(resource.ObservableResource, resource.PathCapable):  # type:
         entry = self.entries.get((key.device, key.stream))
         return entry.payload if entry is not None else None
 
+    async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
+        return False  # content() cuts blocks from the entry's current payload
+
     async def add_observation(self, request: aiocoap.Message, servobs: Any) -> None:
         entry = self.entries.get(tuple(request.opt.uri_path))
-        if entry is None:
-            refuse(servobs)  # render_get answers 4.04
+        if entry is None or later_block(request):
+            refuse(servobs)  # render_get answers 4.04, or serves the block
         else:
             entry.notifier.add(servobs)
 
@@ -201,7 +231,7 @@ class _OutResources(resource.ObservableResource, resource.PathCapable):  # type:
         if entry is None:
             self._server.not_found += 1
             return aiocoap.Message(code=Code.NOT_FOUND, payload=b"no answer for this stream yet")
-        return aiocoap.Message(payload=entry.payload, content_format=_JSON_CF)
+        return content(request, entry.payload)
 
     def get_resources_as_linkheader(self) -> Any:
         from aiocoap.util.linkformat import Link, LinkFormat
@@ -221,13 +251,24 @@ class _StatsResource(resource.ObservableResource):  # type: ignore[misc]
         super().__init__()
         self._server = server
         self.notifier = _Notifier(server)
+        self._body = b""
+
+    async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
+        return False  # content() cuts blocks from the last rendered snapshot
 
     async def add_observation(self, request: aiocoap.Message, servobs: Any) -> None:
-        self.notifier.add(servobs)
+        if later_block(request):
+            refuse(servobs)
+        else:
+            self.notifier.add(servobs)
 
     async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
-        body = json.dumps(self._server.snapshot(), separators=(",", ":"), allow_nan=False)
-        return aiocoap.Message(payload=body.encode(), content_format=_JSON_CF)
+        # A new snapshot for a first block; later blocks come from the same one, so
+        # the pieces fit together (the ETag changes with each new snapshot).
+        if not later_block(request) or not self._body:
+            doc = self._server.snapshot()
+            self._body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+        return content(request, self._body)
 
 
 class _InResources(resource.Resource, resource.PathCapable):  # type: ignore[misc]

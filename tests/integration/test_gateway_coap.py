@@ -363,6 +363,20 @@ async def test_well_known_core_lists_the_resources(
 COAP_CLIENT = shutil.which("coap-client-notls")
 
 
+def json_documents(text: str) -> list[Any]:
+    """The JSON documents libcoap printed back to back."""
+    decoder = json.JSONDecoder()
+    docs: list[Any] = []
+    i = 0
+    text = text.strip()
+    while i < len(text):
+        doc, i = decoder.raw_decode(text, i)
+        docs.append(doc)
+        while i < len(text) and text[i].isspace():
+            i += 1
+    return docs
+
+
 @pytest.mark.skipif(COAP_CLIENT is None, reason="libcoap's coap-client-notls is not installed")
 async def test_libcoap_client_posts_a_reading_and_reads_out_and_stats(
     mqtt_broker: BrokerInfo, prefix: str, models_dir: Path, tmp_path: Path
@@ -395,6 +409,9 @@ async def test_libcoap_client_posts_a_reading_and_reads_out_and_stats(
         framed = await coap_client_cli(
             "-m", "post", "-t", "22", "-f", str(frame), f"{base(gw)}/in/cam1/camera"
         )
+        # Observe the stats for 2 s: each notification is larger than a block, so
+        # it must leave block-wise (libcoap drops a datagram over its block size).
+        observed = await coap_client_cli("-m", "get", "-s", "2", f"{base(gw)}/stats")
     assert json.loads(posted)["values"] == {"watts": 42.0}
     assert json.loads(out) == json.loads(posted)
     doc = json.loads(stats)  # larger than one block: libcoap fetches it block-wise
@@ -403,5 +420,9 @@ async def test_libcoap_client_posts_a_reading_and_reads_out_and_stats(
     assert "4.00" in bad
     assert gw.stats.drops == {"bad_payload": 1}
     assert json.loads(framed)["tier"] == "local"
+    notes = json_documents(observed)
+    assert len(notes) >= 3  # the first response and notifications (stats.interval_s 0.5)
+    assert all(n["gateway"] == gw.name for n in notes)
+    assert notes[-1]["uptime_s"] > notes[0]["uptime_s"]
     assert gw.coap is not None
     assert gw.coap.block_uploads == 1  # libcoap sent the 60 KB frame block-wise
