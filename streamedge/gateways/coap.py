@@ -404,7 +404,8 @@ class CoapServer:
         skey = str(key) if key is not None else None
         self._stats.received(skey, nbytes)
         self._stats.dropped(reason, skey)
-        logger.warning("CoAP POST refused (%s): %s", reason, detail)
+        # One template per reason: the log throttle then lets each reason through once.
+        logger.warning(f"CoAP POST refused ({reason}): %s", detail)  # noqa: G004
         return self._respond(aiocoap.Message(code=code, payload=detail.encode()))
 
     def _respond(self, msg: aiocoap.Message) -> aiocoap.Message:
