@@ -427,3 +427,44 @@ async def test_libcoap_client_posts_a_reading_and_reads_out_and_stats(
     assert notes[-1]["uptime_s"] > notes[0]["uptime_s"]
     assert gw.coap is not None
     assert gw.coap.block_uploads == 1  # libcoap sent the 60 KB frame block-wise
+
+
+async def test_block_wise_uploads_at_once_are_bounded(
+    mqtt_broker: BrokerInfo, prefix: str, models_dir: Path, coap_client: aiocoap.Context
+) -> None:
+    gw = coap_gateway(mqtt_broker, prefix, models_dir, coap={"max_uploads": 1})
+    frame = noisy_jpeg(260)
+    uri = f"{base(gw)}/in/cam1/camera"
+    async with running(gw):
+        other = await aiocoap.Context.create_client_context(transports=["udp6"])
+        try:
+            # Two endpoints at once, room for one upload: the second is told to retry.
+            first, second = await asyncio.gather(
+                request(coap_client, Code.POST, uri, frame, content_format=JPEG_CF),
+                request(other, Code.POST, f"{base(gw)}/in/cam2/camera", frame),
+            )
+        finally:
+            await other.shutdown()
+    assert {first.code, second.code} == {Code.CHANGED, Code.SERVICE_UNAVAILABLE}
+    assert (first if first.code != Code.CHANGED else second).opt.max_age == 2
+    assert gw.stats.drops == {"coap_overloaded": 1}
+
+
+async def test_interleaved_uploads_to_one_stream_are_answered_408(
+    mqtt_broker: BrokerInfo, prefix: str, models_dir: Path, coap_client: aiocoap.Context
+) -> None:
+    # One endpoint, two uploads to one stream at once (no Request-Tag): the blocks
+    # interleave, and what cannot be reassembled is answered 4.08, not a crash.
+    gw = coap_gateway(mqtt_broker, prefix, models_dir)
+    frame = noisy_jpeg(260)
+    uri = f"{base(gw)}/in/cam1/camera"
+    async with running(gw):
+        both = await asyncio.gather(
+            request(coap_client, Code.POST, uri, frame),
+            request(coap_client, Code.POST, uri, noisy_jpeg(260, seed=1)),
+        )
+        after = await request(coap_client, Code.POST, uri, frame)
+    codes = {r.code for r in both}
+    assert Code.REQUEST_ENTITY_INCOMPLETE in codes, codes
+    assert gw.stats.drops["incomplete_upload"] >= 1
+    assert after.code == Code.CHANGED

@@ -6,12 +6,13 @@ import asyncio
 import time
 from typing import Any
 
+import aiocoap
 import pytest
 from aiocoap.numbers.codes import Code
 
 from streamedge.config import parse_config
 from streamedge.errors import ConfigError
-from streamedge.gateways.coap import CoapServer, coap_path, response_code
+from streamedge.gateways.coap import CoapServer, coap_path, content, later_block, response_code
 from streamedge.gateways.config import CoapConfig
 from streamedge.records import Inbound, OutboundMessage, StreamKey
 from streamedge.stats.metrics import Stats
@@ -140,3 +141,33 @@ def test_answers_outside_the_out_tree_are_ignored() -> None:
     server.answer(OutboundMessage(topic="reply/here", payload=b"{}"))
     server.answer(OutboundMessage(topic="p/out/only-one", payload=b"{}"))
     assert not server.out.entries
+
+
+class _Remote:
+    maximum_payload_size = 1024
+    maximum_block_size_exp = 6
+
+
+def _get(block2: tuple[int, bool, int] | None = None) -> aiocoap.Message:
+    msg = aiocoap.Message(code=Code.GET)
+    if block2 is not None:
+        msg.opt.block2 = block2
+    msg.remote = _Remote()
+    return msg
+
+
+def test_small_bodies_go_whole_and_large_ones_block_wise_with_an_etag() -> None:
+    small = content(_get(), b"x" * 1024)
+    assert small.payload == b"x" * 1024
+    assert small.opt.block2 is None
+    body = bytes(range(256)) * 10  # 2560 bytes: three blocks
+    first = content(_get(), body)
+    assert first.payload == body[:1024]
+    assert (first.opt.block2.block_number, first.opt.block2.more) == (0, True)
+    last = content(_get((2, False, 6)), body)
+    assert last.payload == body[2048:]
+    assert (last.opt.block2.block_number, last.opt.block2.more) == (2, False)
+    assert first.opt.etag == last.opt.etag != content(_get(), body + b" ").opt.etag
+    assert later_block(_get((1, False, 6)))
+    assert not later_block(_get((0, False, 6)))
+    assert not later_block(_get())
