@@ -327,6 +327,8 @@ class Gateway:
         for shard in self.shards.shards:
             for raw in shard.drain_all():
                 self.stats.dropped("shutdown", str(raw.stream))
+                if raw.on_outcome is not None:
+                    raw.on_outcome("dropped", "shutdown")
         await self.stats_publisher.publish()
         await self.transport.close(graceful=True)
         logger.info(
@@ -426,6 +428,8 @@ class Gateway:
                     outcome = await self.processor.handle(raw, rule)
             except asyncio.CancelledError:
                 self.stats.dropped("shutdown", str(raw.stream))
+                if raw.on_outcome is not None:
+                    raw.on_outcome("dropped", "shutdown")
                 raise
             except Exception:  # the one per-message boundary: contain, count, go on
                 logger.exception("unexpected error handling a message from %s", raw.stream)
