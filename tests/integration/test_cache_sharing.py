@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 
 from streamedge.pipeline.gateway import Gateway
 from streamedge.stats.schema import snapshot_schema
-from tests.conftest import BrokerInfo
+from tests.conftest import ROOT, BrokerInfo, free_port, mosquitto_binary, wait_port
 from tests.integration.helpers import client, collect, gateway_config, running, wait_until
 from tests.integration.test_gateway_mqtt import jpeg
 
@@ -163,3 +165,74 @@ async def test_gateway_b_reuses_an_answer_that_gateway_a_computed(
     assert snap_a["cache"]["device"]["sharing"]["merged"] == 1, "A merged B's dark frame"
     assert snap_a["cache"]["device"]["sharing"]["rejected"] == {"bad_mac": 1}
     jsonschema.Draft202012Validator(snapshot_schema()).validate(snap_b)
+
+
+@pytest.fixture
+def bridged_brokers(tmp_path: Path) -> Iterator[tuple[BrokerInfo, BrokerInfo]]:
+    """Two Mosquitto brokers on loopback joined by brokers/mosquitto-bridge.conf."""
+    binary = mosquitto_binary()
+    if binary is None:
+        pytest.skip("mosquitto is not installed (.ci/run installs it)")
+    base = (ROOT / "brokers" / "mosquitto-test.conf").read_text()
+    bridge = (ROOT / "brokers" / "mosquitto-bridge.conf").read_text()
+    assert "address neighbour-broker.lan:1883" in bridge
+    far_port, near_port = free_port(), free_port()
+    # The bridge's remote is the other loopback broker, never the placeholder host.
+    bridge = bridge.replace("neighbour-broker.lan:1883", f"127.0.0.1:{far_port}")
+    bridge = bridge.replace("restart_timeout 2 60", "restart_timeout 1 2")
+    far_conf, near_conf = tmp_path / "far.conf", tmp_path / "near.conf"
+    far_conf.write_text(base + f"\nlistener {far_port} 127.0.0.1\n")
+    # Bridge options must follow the listener (they end the general section).
+    near_conf.write_text(base + f"\nlistener {near_port} 127.0.0.1\n" + bridge)
+    procs = [
+        subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.PIPE)
+        for conf in (far_conf, near_conf)
+    ]
+    try:
+        wait_port("127.0.0.1", far_port)
+        wait_port("127.0.0.1", near_port)
+        yield (
+            BrokerInfo("127.0.0.1", near_port, "mosquitto"),
+            BrokerInfo("127.0.0.1", far_port, "mosquitto"),
+        )
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.communicate(timeout=10)
+
+
+async def _bridge_up(near: BrokerInfo, far: BrokerInfo, topic: str) -> None:
+    """Wait until a message on the near broker reaches the far one (bridge connected)."""
+    async with client(far) as c:
+        await c.subscribe(topic, qos=0)
+        async with client(near) as p:
+            for _ in range(50):
+                await p.publish(topic, b"ping", qos=0)
+                if await collect(c, 1, timeout=0.2):
+                    return
+    raise AssertionError("the bridge did not connect")
+
+
+async def test_gateways_on_bridged_brokers_share_entries(
+    bridged_brokers: tuple[BrokerInfo, BrokerInfo], models_dir: Path, tmp_path: Path
+) -> None:
+    near, far = bridged_brokers
+    await _bridge_up(near, far, "streamedge-share/cache/ping/x")
+    data = _data_dir(models_dir, tmp_path / "data")
+    gw_a = _sharing_gateway(near, "setest-near01", data, "streamedge-share")
+    gw_b = _sharing_gateway(far, "setest-far002", data, "streamedge-share")
+    async with running(gw_a), running(gw_b), client(far) as spy:
+        sa, sb = gw_a.sharing, gw_b.sharing
+        assert sa is not None and sb is not None
+        await spy.subscribe("setest-near01/#", qos=0)
+        answer = await _ask(near, "setest-near01", "cam1", jpeg(90, 1))
+        await wait_until(lambda: sb.merged >= 1)
+        again = await _ask(far, "setest-far002", "cam2", jpeg(90, 2))
+        leaked = await collect(spy, 1, timeout=0.5)
+    assert answer["tier"] == "local"
+    assert again["tier"] == "cache" and again["answer"] == answer["answer"]
+    assert _local_calls(gw_b) == 0
+    assert gw_b.stats.snapshot()["cache"]["device"]["hits"] == 1
+    assert leaked == [], "only the sharing topic crosses the bridge"
+    assert sb.rejected == {} and sa.rejected == {}
