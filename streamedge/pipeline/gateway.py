@@ -424,7 +424,11 @@ class Gateway:
             await self.stats_publisher.answer(msg)
             return
         if self.sharing is not None and self.sharing.handles(msg.topic):
-            await self.sharing.receive(msg.topic, msg.payload)
+            try:
+                await self.sharing.receive(msg.topic, msg.payload)
+            except Exception:  # a neighbour's entry must never stop the transport loop
+                logger.exception("unexpected error merging a shared cache entry")
+                self.stats.error("sharing")
             return
         if not msg.topic.startswith(self.topics.input_root):
             # Not device input: a broker sent something we did not subscribe to
