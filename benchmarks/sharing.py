@@ -21,8 +21,8 @@ to the other gateway (in memory: the broker hop is not timed). Per scenario
 it reports B's hit ratio without and with sharing, the hits on A's entries
 (the ``device`` level), B's model runs, and the share of B's hits whose face
 count matches what the model says for B's own frame (reuse agreement).
-Time runs on the video clock, so the token bucket (the default 64 KiB/s) caps
-what A can send as it would at 25 fps.
+Time runs on the video clock (vtest: 10 fps, so 300 frames are 30 s), so the
+token bucket caps what A can send as it would live.
 
 Usage::
 
