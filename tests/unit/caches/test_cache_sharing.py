@@ -406,3 +406,47 @@ async def test_merge_rejects_bad_vectors(clock: FakeClock) -> None:
     assert cache_b.entries == 0
     with pytest.raises(ShareError):
         decode_message(b"", SECRET.encode())
+
+
+# ---------------------------------------------------------------------- stats outputs
+
+
+async def test_sharing_counters_reach_the_snapshot_and_prometheus(clock: FakeClock) -> None:
+    import jsonschema
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from streamedge.stats.metrics import Stats
+    from streamedge.stats.prometheus import render
+    from streamedge.stats.schema import snapshot_schema
+
+    wire = Wire()
+    a, cache_a = _gateway("gw-a", clock, wire)
+    b, _ = _gateway("gw-b", clock, wire)
+    await _put(cache_a, 1, "person")
+    msg = wire.messages[0]
+    await b.receive(msg.topic, msg.payload)
+    await b.receive(msg.topic, msg.payload)  # a replay
+    stats = Stats(gateway="gw-b", version="t", clock=clock, wall_clock=lambda: clock() + 1e9)
+    stats.cache_gauges["device"] = b.gauge
+    stats.cache_result("device", hit=True, saved_s=0.04)
+    snap = stats.snapshot()
+    jsonschema.Draft202012Validator(snapshot_schema()).validate(snap)
+    device = snap["cache"]["device"]
+    assert device["hits"] == 1
+    assert device["sharing"]["merged"] == 1 and device["sharing"]["rejected"] == {"replay": 1}
+    fams = {f.name: f for f in text_string_to_metric_families(render(stats).decode())}
+    samples = {
+        (s.labels["event"], s.labels["reason"]): s.value
+        for s in fams["streamedge_cache_shared_entries"].samples
+        if s.name.endswith("_total")
+    }
+    assert samples[("merged", "")] == 1
+    assert samples[("received", "")] == 2
+    assert samples[("rejected", "replay")] == 1
+    received = [
+        s.value
+        for s in fams["streamedge_cache_shared_bytes"].samples
+        if s.labels["direction"] == "received" and s.name.endswith("_total")
+    ]
+    assert received == [2 * len(msg.payload)]
+    assert a.bytes_sent == len(msg.payload)
