@@ -239,12 +239,16 @@ class ApproximateCache:
             raise CacheError(msg)
         if not np.all(np.isfinite(vec)):
             raise CacheError("embedding contains NaN or infinity")
-        key = hashlib.blake2b(vec.tobytes(), digest_size=16).digest()
-        if self.private and owner is None:
-            stream = getattr(item, "stream", None)
-            owner = getattr(stream, "device", None)
+        digest = hashlib.blake2b(vec.tobytes(), digest_size=16)
+        if self.private:
+            if owner is None:
+                stream = getattr(item, "stream", None)
+                owner = getattr(stream, "device", None)
             if owner is None:
                 raise CacheError("a private cache needs the device of the input")
+            # The exact key also keys single-flight: devices must not share one inference.
+            digest.update(b"\x00" + owner.encode())
+        key = digest.digest()
         return CacheQuery(
             namespace=self.namespace, key=key, vector=vec, owner=owner if self.private else None
         )

@@ -376,6 +376,7 @@ async def test_a_private_cache_reuses_answers_only_for_the_same_device(clock: Fa
     v = _vec(5)
     q1 = cache.query_for(_frame("cam1"), vector=v)
     assert q1.owner == "cam1"
+    assert q1.key != cache.query_for(_frame("cam2"), vector=v).key, "no shared single-flight"
     await cache.put(q1, _result("person"), origin="cam1/video")
     assert await cache.get(cache.query_for(_frame("cam2"), vector=v)) is None
     assert await cache.get(cache.query_for(_frame("cam1"), vector=v)) is not None
