@@ -243,3 +243,36 @@ async def test_gateways_on_bridged_brokers_share_entries(
     assert gw_b.stats.snapshot()["cache"]["device"]["hits"] == 1
     assert leaked == [], "only the sharing topic crosses the bridge"
     assert sb.rejected == {} and sa.rejected == {}
+
+
+async def test_a_private_namespace_is_neither_reused_across_devices_nor_shared(
+    mqtt_broker: BrokerInfo, models_dir: Path, tmp_path: Path
+) -> None:
+    share = f"setest-share-{tmp_path.name[-8:]}"
+    data = _data_dir(models_dir, tmp_path / "data")
+    sharing = {"enabled": True, "topic_prefix": share, "secret": SECRET}
+    private = Gateway(
+        gateway_config(
+            mqtt_broker,
+            "setest-priv01",
+            data,
+            caches=_frames_cache(snapshot={"enabled": False}, private=True),
+            sharing=sharing,
+        )
+    )
+    neighbour = _sharing_gateway(mqtt_broker, "setest-nbr002", data, share)
+    async with running(private), running(neighbour):
+        first = await _ask(mqtt_broker, "setest-priv01", "cam1", jpeg(90, 1))
+        other = await _ask(mqtt_broker, "setest-priv01", "cam2", jpeg(90, 2))
+        same = await _ask(mqtt_broker, "setest-priv01", "cam1", jpeg(90, 3))
+        # The neighbour's entry reaches the private gateway, which refuses it.
+        await _ask(mqtt_broker, "setest-nbr002", "cam9", jpeg(90, 4))
+        ps = private.sharing
+        assert ps is not None
+        await wait_until(lambda: ps.rejected["not_shared"] >= 1)
+        ns = neighbour.sharing
+        assert ns is not None
+        await wait_until(lambda: ns.own >= 1)
+    assert (first["tier"], other["tier"], same["tier"]) == ("local", "local", "cache")
+    assert ps.sent == 0 and ps.merged == 0
+    assert ns.received == ns.own == 1, "nothing came from the private gateway"
