@@ -418,6 +418,13 @@ class SharingConfig(Model):
             "'${STREAMEDGE_SHARE_SECRET}' to take it from the environment."
         ),
     )
+    previous_secrets: list[SecretStr] = Field(
+        default_factory=list,
+        description=(
+            "Older keys still accepted on receipt (never used to send), so a new secret can "
+            "be rolled out gateway by gateway; '${NAME}' substitution as for secret."
+        ),
+    )
     max_skew_s: float = Field(
         60.0,
         gt=0,
@@ -453,6 +460,13 @@ class SharingConfig(Model):
     def _secret_env(cls, value: object, info: ValidationInfo) -> object:
         # SecretStr cannot carry the EnvStr annotation, so substitute here.
         return env_substituted(value, info)
+
+    @field_validator("previous_secrets", mode="before")
+    @classmethod
+    def _previous_env(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, list):
+            return [env_substituted(v, info) for v in value]
+        return value
 
     @model_validator(mode="after")
     def _secret_when_enabled(self) -> SharingConfig:

@@ -35,7 +35,8 @@ never re-published (no loops): they enter the cache through
 :meth:`~streamedge.caches.cache.ApproximateCache.merge`, which bypasses the
 publish hook.
 
-Security: the MAC authenticates the group, not a gateway; any holder of the
+Security: ``previous_secrets`` are accepted on receipt, so a new secret can be
+rolled out one gateway at a time. The MAC authenticates the group, not a gateway; any holder of the
 secret can publish entries (cache poisoning by an insider is not prevented).
 Entries are not encrypted: vectors are thumbnails of the input, so keep the
 bridge on TLS and mark privacy-sensitive profiles ``private`` or
@@ -166,8 +167,8 @@ def _get(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> A
     return value
 
 
-def decode_message(payload: bytes, secret: bytes) -> SharedEntry:
-    """Verify and parse a shared entry.
+def decode_message(payload: bytes, secret: bytes, *older: bytes) -> SharedEntry:
+    """Verify and parse a shared entry (its MAC under ``secret`` or one of ``older``).
 
     Raises:
         ShareError: with the rejection reason (malformed, unauthenticated, bad_mac).
@@ -181,7 +182,7 @@ def decode_message(payload: bytes, secret: bytes) -> SharedEntry:
     mac = envelope.get("m")
     if not isinstance(mac, bytes) or not mac:
         raise ShareError("unauthenticated", "no MAC")
-    if not hmac.compare_digest(mac, _mac(secret, body)):
+    if not any(hmac.compare_digest(mac, _mac(key, body)) for key in (secret, *older)):
         raise ShareError("bad_mac", "MAC does not match (wrong secret or altered entry)")
     raw = _unpack_map(body, "body")
     dim = _get(raw, "dim", int)
@@ -318,6 +319,7 @@ class CacheSharing:
         self.cfg = cfg
         self.gateway = gateway
         self._secret = cfg.secret.get_secret_value().encode()
+        self._older = tuple(s.get_secret_value().encode() for s in cfg.previous_secrets)
         self._caches = dict(caches)
         self._shared = set(shared)
         self._by_name = {
@@ -451,7 +453,7 @@ class CacheSharing:
     async def _receive(self, topic: str, payload: bytes) -> str:
         if len(payload) > self.cfg.max_message_bytes:
             raise ShareError("too_large", f"{len(payload)} bytes")
-        entry = decode_message(payload, self._secret)
+        entry = decode_message(payload, self._secret, *self._older)
         if entry.gateway == self.gateway:
             return "own"  # the broker hands our own publications back
         if (why := self.replay.check(entry.nonce, entry.ts, self._wall())) is not None:

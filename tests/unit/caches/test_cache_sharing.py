@@ -82,7 +82,7 @@ def _result(label: str, model: ModelRef = MODEL) -> InferenceResult:
 
 
 def _sharing_cfg(**kw: Any) -> SharingConfig:
-    return SharingConfig.model_validate({"enabled": True, "secret": SECRET, **kw})
+    return SharingConfig.model_validate({"enabled": True, "secret": SECRET} | kw)
 
 
 class Wire:
@@ -229,6 +229,21 @@ async def test_replays_and_stale_entries_are_rejected(clock: FakeClock) -> None:
     assert dict(b.rejected) == {"replay": 1, "stale": 2}
 
 
+async def test_previous_secrets_are_accepted_for_rotation(clock: FakeClock) -> None:
+    wire = Wire()
+    new_secret = "the-next-group-secret-2026"
+    # A gateway already on the new secret still accepts entries signed with the old one.
+    b, cache_b = _gateway("gw-b", clock, wire, secret=new_secret, previous_secrets=[SECRET])
+    topic = f"streamedge-share/cache/{MODEL}/fake@1"
+    assert await b.receive(topic, _payload(clock)) == "merged"
+    # ... and signs its own with the new one, which an old-secret gateway rejects.
+    c, _ = _gateway("gw-c", clock, wire)
+    await _put(cache_b, 2, "cat")
+    msg = wire.messages[-1]
+    assert decode_message(msg.payload, new_secret.encode()).gateway == "gw-b"
+    assert await c.receive(msg.topic, msg.payload) == "bad_mac"
+
+
 def test_replay_guard_forgets_old_nonces_and_is_bounded() -> None:
     guard = ReplayGuard(window_s=10.0, memory=100)
     assert guard.check(b"a", 0.0, 1.0) is None
@@ -278,15 +293,20 @@ async def test_a_namespace_that_opted_out_neither_sends_nor_merges(clock: FakeCl
 def test_only_profiles_neither_private_nor_opted_out_are_shared() -> None:
     cfg = parse_config(
         {
-            "sharing": {"enabled": True, "secret": "${SHARE_SECRET}"},
+            "sharing": {
+                "enabled": True,
+                "secret": "${SHARE_SECRET}",
+                "previous_secrets": ["${OLD_SECRET}"],
+            },
             "caches": [
                 {"name": "open"},
                 {"name": "closed", "share": False},
                 {"name": "mine", "private": True},
             ],
         },
-        env={"SHARE_SECRET": SECRET},
+        env={"SHARE_SECRET": SECRET, "OLD_SECRET": "the-old-group-secret"},
     )
+    assert [s.get_secret_value() for s in cfg.sharing.previous_secrets] == ["the-old-group-secret"]
     assert shared_namespaces({c.name: c for c in cfg.caches}) == {"open"}
     assert cfg.sharing.secret is not None
     assert cfg.sharing.secret.get_secret_value() == SECRET
