@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_core import to_jsonable_python
 
-from streamedge.caches.config import CacheConfig
+from streamedge.caches.config import CacheConfig, SharingConfig
 from streamedge.confbase import Model, RelPath
 from streamedge.errors import ConfigError
 from streamedge.filters.config import FilterConfig
@@ -164,6 +164,7 @@ class StreamedgeConfig(Model):
     models: list[ModelConfig] = Field(default_factory=list, description="Models by name.")
     caches: list[CacheConfig] = Field(default_factory=list, description="Cache profiles by name.")
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    sharing: SharingConfig = Field(default_factory=SharingConfig)
     streams: list[StreamConfig] = Field(
         default_factory=_default_streams,
         description="Stream rules, first match wins; unmatched streams are dropped.",

@@ -201,6 +201,8 @@ class CacheQuery:
     namespace: str
     key: bytes
     vector: Vector
+    owner: str | None = None
+    """In a private namespace, the device asking: only its own answers are reused."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

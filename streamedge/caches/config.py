@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from streamedge.confbase import Model
+from streamedge.confbase import Model, env_substituted
 
 
 class DownscaleEmbedderConfig(Model):
@@ -310,7 +310,17 @@ class StoreConfig(Model):
         1.0,
         gt=0,
         le=1,
-        description="Largest share of max_bytes that one origin (device/stream) may hold.",
+        description=(
+            "Largest share of max_bytes that one origin may hold (a device or a stream, "
+            "see quota_by; entries merged from a neighbour gateway count as that gateway)."
+        ),
+    )
+    quota_by: Literal["device", "stream"] = Field(
+        "device",
+        description=(
+            "What max_origin_share limits: each device (all its streams together) or "
+            "each device/stream."
+        ),
     )
 
 
@@ -368,3 +378,103 @@ class CacheConfig(Model):
     )
     accuracy: AccuracyConfig = Field(default_factory=AccuracyConfig)
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
+    share: bool = Field(
+        True,
+        description=(
+            "Publish this namespace's answers to neighbour gateways and merge theirs "
+            "(when 'sharing' is enabled); false keeps them on this gateway."
+        ),
+    )
+    private: bool = Field(
+        False,
+        description=(
+            "Privacy: reuse an answer only for the device that produced it (no reuse "
+            "across devices) and never share it with neighbour gateways."
+        ),
+    )
+
+
+class SharingConfig(Model):
+    """Cache sharing between gateways over a (bridged) MQTT topic.
+
+    Each answer an authoritative tier stores in a shared namespace is
+    published, HMAC-authenticated, on ``<topic_prefix>/cache/<namespace>``;
+    neighbours merge it into their cache. Bridge that topic between brokers.
+    """
+
+    enabled: bool = Field(False, description="Publish and merge shared cache entries.")
+    topic_prefix: str = Field(
+        "streamedge-share",
+        min_length=1,
+        description=(
+            "Root of the sharing topics; the same on every gateway of the group, and "
+            "what a broker bridge forwards (<topic_prefix>/cache/#)."
+        ),
+    )
+    secret: SecretStr | None = Field(
+        None,
+        description=(
+            "Shared HMAC-SHA256 key of the group (at least 16 characters); write "
+            "'${STREAMEDGE_SHARE_SECRET}' to take it from the environment."
+        ),
+    )
+    previous_secrets: list[SecretStr] = Field(
+        default_factory=list,
+        description=(
+            "Older keys still accepted on receipt (never used to send), so a new secret can "
+            "be rolled out gateway by gateway; '${NAME}' substitution as for secret."
+        ),
+    )
+    max_skew_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "Entries stamped further than this from our wall clock are rejected as "
+            "stale (replay window; keep the gateways' clocks in NTP sync)."
+        ),
+    )
+    replay_memory: int = Field(
+        10_000,
+        ge=16,
+        description="Message nonces remembered to reject exact replays within max_skew_s.",
+    )
+    bytes_per_s: float = Field(
+        64 * 1024,
+        gt=0,
+        description="Token-bucket rate of published entries, in bytes per second.",
+    )
+    burst_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        description="Token-bucket depth: bytes that may go out at once after a quiet spell.",
+    )
+    max_message_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        description="Larger shared entries are neither sent nor accepted.",
+    )
+    qos: Literal[0, 1] = Field(0, description="QoS of published entries.")
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _secret_env(cls, value: object, info: ValidationInfo) -> object:
+        # SecretStr cannot carry the EnvStr annotation, so substitute here.
+        return env_substituted(value, info)
+
+    @field_validator("previous_secrets", mode="before")
+    @classmethod
+    def _previous_env(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, list):
+            return [env_substituted(v, info) for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _secret_when_enabled(self) -> SharingConfig:
+        if self.enabled:
+            if self.secret is None:
+                raise ValueError("sharing.secret is required when sharing is enabled")
+            if len(self.secret.get_secret_value()) < 16:
+                raise ValueError("sharing.secret must be at least 16 characters")
+        if "+" in self.topic_prefix or "#" in self.topic_prefix:
+            raise ValueError("sharing.topic_prefix must not contain MQTT wildcards")
+        return self

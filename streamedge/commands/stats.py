@@ -163,6 +163,18 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{_pct(c.get('hit_ratio'))} (window {_pct(c.get('window_hit_ratio'))})",
             )
         )
+    sharing = doc.get("cache", {}).get("device", {}).get("sharing")
+    if isinstance(sharing, dict):
+        skipped, rejected = sharing.get("skipped", {}), sharing.get("rejected", {})
+        out.append(
+            (
+                "cache sharing",
+                f"sent {sharing.get('sent')} ({_bytes(sharing.get('bytes_sent'))})  "
+                f"skipped {sum(skipped.values())}  received {sharing.get('received')}  "
+                f"merged {sharing.get('merged')}  rejected {sum(rejected.values())}"
+                + (f" {dict(rejected)}" if rejected else ""),
+            )
+        )
     acc = doc.get("accuracy")
     if isinstance(acc, dict):
         out.append(

@@ -9,6 +9,13 @@ Lifecycle (one TaskGroup, named tasks)::
     → publish final stats → flush answers → publish ``available = stopped``
     → disconnect → stop the embedded broker
 
+Cache snapshots (profiles with ``snapshot.enabled``): restored after
+``build`` and before input is taken, written every ``snapshot.interval_s``
+and once more at shutdown after the queues drained (atomic writes; a torn
+snapshot is discarded with a warning at restore). With ``sharing.enabled``
+the gateway also subscribes to ``<sharing.topic_prefix>/cache/#`` and
+merges its neighbours' entries (:mod:`streamedge.caches.sharing`).
+
 Every message a transport delivers ends as exactly one of answered,
 filtered or dropped (with a counted reason); ``messages.pending`` in the
 stats is what is still in flight.
@@ -29,10 +36,12 @@ from pathlib import Path
 from streamedge import __version__
 from streamedge.brokers.embedded import EmbeddedBroker
 from streamedge.caches.cache import ApproximateCache, build_cache, build_embedder
+from streamedge.caches.config import CacheConfig
 from streamedge.caches.layer.wiring import layer_cache_report, layer_runners
+from streamedge.caches.sharing import CacheSharing, shared_namespaces
 from streamedge.config import StreamedgeConfig
 from streamedge.decoders.payloads import PayloadDecoder
-from streamedge.errors import ConfigError
+from streamedge.errors import CacheError, ConfigError
 from streamedge.filters.chain import FilterChain, build_filter
 from streamedge.gateways.coap import CoapServer
 from streamedge.gateways.mqtt import MqttTransport, Subscription
@@ -96,6 +105,11 @@ class Gateway:
             subscriptions=[
                 Subscription(self.topics.inputs, cfg.mqtt.qos_in),
                 Subscription(self.topics.stats_get, 0),
+                *(
+                    [Subscription(f"{cfg.sharing.topic_prefix}/cache/#", cfg.sharing.qos)]
+                    if cfg.sharing.enabled
+                    else []
+                ),
             ],
             host=self.broker_host,
             port=self.broker_port,
@@ -119,6 +133,8 @@ class Gateway:
         self._decoder = PayloadDecoder(max_frame_pixels=cfg.limits.max_frame_pixels)
         self.rules: list[RuleRuntime] = []
         self.caches: dict[str, ApproximateCache] = {}
+        self.cache_profiles: dict[str, CacheConfig] = {}
+        self.sharing: CacheSharing | None = None
         self.models: dict[ModelRef, Model] = {}
         self.router: TierRouter | None = None
         self.processor: Processor | None = None
@@ -224,6 +240,7 @@ class Gateway:
                             ccfg, model=info.ref, embedder=embedder, clock=self._clock
                         )
                         self.caches[namespace] = cache
+                        self.cache_profiles[namespace] = ccfg
                 apps.append(AppRuntime(name=app.name, info=info, cache=cache))
             chain = FilterChain(
                 [build_filter(f, max_streams=cfg.limits.max_streams) for f in rule.filters]
@@ -238,6 +255,7 @@ class Gateway:
                     window_size=window_size,
                 )
             )
+        self._build_sharing()
         self.processor = Processor(
             topics=self.topics,
             decoder=self._decoder,
@@ -271,6 +289,7 @@ class Gateway:
                 await self.build()
             assert self.router is not None  # noqa: S101  # set by build()
             await stack.enter_async_context(self.router)
+            await self.restore_caches()
             async with asyncio.TaskGroup() as tg:
                 transport_ready = asyncio.Event()
                 transport_task = tg.create_task(
@@ -283,6 +302,9 @@ class Gateway:
                 ]
                 stats_task = tg.create_task(
                     self.stats_publisher.run(), name=f"streamedge[{self.name}].stats"
+                )
+                snapshot_task = tg.create_task(
+                    self._snapshot_loop(), name=f"streamedge[{self.name}].snapshots"
                 )
                 http_task = (
                     tg.create_task(self.http.serve(), name=f"streamedge[{self.name}].http")
@@ -306,6 +328,7 @@ class Gateway:
                     )
                 await stopper
                 waiter.cancel()
+                snapshot_task.cancel()
                 await self._shutdown(workers)
                 stats_task.cancel()
                 if http_task is not None:
@@ -329,6 +352,7 @@ class Gateway:
                 self.stats.dropped("shutdown", str(raw.stream))
                 if raw.on_outcome is not None:
                     raw.on_outcome("dropped", "shutdown")
+        await self.snapshot_caches()
         await self.stats_publisher.publish()
         await self.transport.close(graceful=True)
         logger.info(
@@ -338,6 +362,62 @@ class Gateway:
             self.stats.outcomes["filtered"],
             self.stats.outcomes["dropped"],
         )
+
+    # -- cache sharing and snapshots ---------------------------------------------
+    def _build_sharing(self) -> None:
+        scfg = self.cfg.sharing
+        if not scfg.enabled:
+            return
+        self.sharing = CacheSharing(
+            scfg,
+            gateway=self.name,
+            caches=self.caches,
+            shared=shared_namespaces(self.cache_profiles),
+            publish=self.transport.publish,
+            connected=lambda: self.transport.connected,
+            clock=self._clock,
+            wall_clock=self._wall,
+        )
+        n = self.sharing.attach()
+        self.stats.cache_gauges["device"] = self.sharing.gauge
+        logger.info(
+            "sharing %d of %d cache namespace(s) on %s",
+            n,
+            len(self.caches),
+            self.sharing.topic_filter,
+        )
+
+    def _snapshotted(self) -> list[ApproximateCache]:
+        return [
+            c for ns, c in sorted(self.caches.items()) if self.cache_profiles[ns].snapshot.enabled
+        ]
+
+    async def restore_caches(self) -> int:
+        """Load each snapshotted cache from its file; return the entries restored."""
+        total = 0
+        for cache in self._snapshotted():
+            total += await cache.restore(cache.snapshot_file(self._data_dir()))
+        return total
+
+    async def snapshot_caches(self) -> int:
+        """Write every snapshotted cache to disk now; return the entries written."""
+        total = 0
+        for cache in self._snapshotted():
+            try:
+                total += await cache.snapshot(cache.snapshot_file(self._data_dir()))
+            except CacheError as exc:  # the previous snapshot stays intact
+                logger.warning("cache %s: snapshot failed: %s", cache.namespace, exc)
+                self.stats.error("snapshot")
+        return total
+
+    async def _snapshot_loop(self) -> None:
+        caches = self._snapshotted()
+        if not caches:
+            return
+        interval = min(self.cache_profiles[c.namespace].snapshot.interval_s for c in caches)
+        while True:
+            await asyncio.sleep(interval)
+            await self.snapshot_caches()
 
     # -- ingest ------------------------------------------------------------------
     def _lost_before_delivery(self, reason: str) -> None:
@@ -373,6 +453,13 @@ class Gateway:
         """Route one inbound message: device input, stats request, or unknown."""
         if msg.topic == self.topics.stats_get:
             await self.stats_publisher.answer(msg)
+            return
+        if self.sharing is not None and self.sharing.handles(msg.topic):
+            try:
+                await self.sharing.receive(msg.topic, msg.payload)
+            except Exception:  # a neighbour's entry must never stop the transport loop
+                logger.exception("unexpected error merging a shared cache entry")
+                self.stats.error("sharing")
             return
         if not msg.topic.startswith(self.topics.input_root):
             # Not device input: a broker sent something we did not subscribe to

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from streamedge.caches.cache import ApproximateCache
+from streamedge.caches.store import is_peer_origin
 from streamedge.config import StreamConfig
 from streamedge.decoders.payloads import PayloadDecoder
 from streamedge.errors import CacheError, DecodeError, DeferredError, InferenceError, PublishError
@@ -327,7 +328,8 @@ class Processor:
                 hit = None
             timer.add("lookup", time.perf_counter() - start)
             self._stats.cache_result(
-                "application",
+                # Hits on entries merged from neighbour gateways count at the device level.
+                "device" if hit is not None and is_peer_origin(hit.entry.origin) else "application",
                 hit=hit is not None,
                 stream=skey,
                 saved_s=hit.entry.cost_s if hit is not None else 0.0,
