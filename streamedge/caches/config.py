@@ -323,6 +323,16 @@ class AccuracyConfig(Model):
     recheck_fraction: float = Field(
         0.02, ge=0, le=1, description="Share of hits the pipeline re-checks with the model."
     )
+    max_concurrent_rechecks: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description=(
+            "Re-checks of this namespace running at once, after their hit was answered; "
+            "a hit picked while this many run is not re-checked (counted as skipped), "
+            "so re-checks never queue up behind a busy model nor hold many frames."
+        ),
+    )
     window: int = Field(200, ge=10, description="Re-check outcomes judged together.")
     min_samples: int = Field(
         30, ge=5, description="Re-checks needed before thresholds are tightened or loosened."

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from streamedge import __version__
 from streamedge.brokers.embedded import EmbeddedBroker
-from streamedge.caches.cache import ApproximateCache, build_cache, build_embedder
+from streamedge.caches.cache import ApproximateCache, build_cache, build_embedder, recheck_gauge
 from streamedge.caches.layer.wiring import layer_cache_report, layer_runners
 from streamedge.config import StreamedgeConfig
 from streamedge.decoders.payloads import PayloadDecoder
@@ -306,6 +306,9 @@ class Gateway:
         for shard in self.shards.shards:
             for raw in shard.drain_all():
                 self.stats.dropped("shutdown", str(raw.stream))
+        if self.processor is not None:
+            # Re-checks only measure accuracy: give them what is left of the drain time.
+            await self.processor.drain_rechecks(max(0.0, deadline - self._clock()))
         await self.stats_publisher.publish()
         await self.transport.close(graceful=True)
         logger.info(
@@ -437,7 +440,8 @@ class Gateway:
 
     def _cache_gauge(self) -> JSON:
         return {
-            ns: {"entries": c.entries, "bytes": c.nbytes} for ns, c in sorted(self.caches.items())
+            ns: {"entries": c.entries, "bytes": c.nbytes, "recheck": recheck_gauge(c)}
+            for ns, c in sorted(self.caches.items())
         }
 
     def _transport_gauge(self) -> JSON:
