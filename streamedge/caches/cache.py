@@ -38,7 +38,13 @@ import numpy as np
 from streamedge.caches.answers import answers_agree
 from streamedge.caches.calibration import AdjusterStats, ThresholdAdjuster
 from streamedge.caches.config import CacheConfig, IndexConfig, PolicyConfig
-from streamedge.caches.embedders import DownscaleEmbedder, WindowEmbedder
+from streamedge.caches.embedders import (
+    DownscaleEmbedder,
+    HistogramEmbedder,
+    PHashEmbedder,
+    PNetEmbedder,
+    WindowEmbedder,
+)
 from streamedge.caches.numpy_index import NumpyIndex
 from streamedge.caches.policy import HknnPolicy, ThresholdPolicy, Vote
 from streamedge.caches.snapshot import (
@@ -624,6 +630,12 @@ def build_embedder(
     emb = cfg.embedder
     if emb.type == "downscale":
         return DownscaleEmbedder(emb)
+    if emb.type == "histogram":
+        return HistogramEmbedder(emb)
+    if emb.type == "phash":
+        return PHashEmbedder(emb)
+    if emb.type == "pnet":
+        return PNetEmbedder(emb)
     if window_fields is None or window_size is None:
         msg = f"cache {cfg.name!r}: the window embedder needs a stream with 'window' set"
         raise CacheError(msg)
