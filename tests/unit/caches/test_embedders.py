@@ -15,7 +15,7 @@ from streamedge.errors import CacheError
 from streamedge.protocols import Embedder
 from streamedge.records import Frame, Image, ModelRef, StreamKey, Window
 
-EMBEDDERS = {
+EMBEDDERS: dict[str, dict[str, object]] = {
     "downscale": {"type": "downscale", "size": 16},
     "histogram-hsv": {"type": "histogram"},
     "histogram-bgr": {"type": "histogram", "space": "bgr", "bins": 6},
@@ -112,6 +112,6 @@ def test_frame_embedders_refuse_windows_and_build_caches(name: str) -> None:
     assert cache.namespace == f"m@1/{emb.name}@{emb.version}"
 
 
-def test_pnet_embedder_needs_its_model_file(tmp_path: object) -> None:
+def test_pnet_embedder_needs_its_model_file() -> None:
     with pytest.raises(CacheError, match="not found"):
         make({"type": "pnet", "model_path": "/nonexistent/pnet.onnx"})
