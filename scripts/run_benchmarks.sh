@@ -26,6 +26,7 @@ run() {
 
 run filters_cost --video "$VTEST"
 run lookup
+run embedders --video "$VTEST"
 run layer_cache --model "$PNET" --video "$VTEST" --frames 100 --scales 0.6 0.3
 run stats_overhead --repeats 9
 run tiers --video "$VTEST"
