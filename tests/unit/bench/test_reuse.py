@@ -1,0 +1,64 @@
+"""Reuse scoring: opportunities from reference answers, a real cache played over them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamedge.bench.reuse import ReuseInput, opportunities, simulate
+from streamedge.caches.config import CacheConfig
+from streamedge.records import JSON, ModelInput, ModelRef, Vector
+
+EMPTY: JSON = {"boxes": [], "count": 0}
+FACE: JSON = {"boxes": [[10, 10, 50, 50, 0.99]], "count": 1}
+FACE_MOVED: JSON = {"boxes": [[40, 40, 80, 80, 0.99]], "count": 1}
+
+
+class Vectors:
+    """An embedder stand-in: the benchmark hands the vectors in."""
+
+    name = "test"
+    version = "1"
+    dim = 2
+
+    def embed(self, item: ModelInput) -> Vector:
+        raise AssertionError("not called: vectors are precomputed")
+
+
+def inputs(*answers: JSON) -> list[ReuseInput]:
+    return [ReuseInput(stream=0, ts=float(i), answer=a, infer_s=0.1) for i, a in enumerate(answers)]
+
+
+def test_opportunities_need_an_earlier_agreeing_answer_within_the_ttl() -> None:
+    items = inputs(EMPTY, EMPTY, FACE, FACE_MOVED, FACE, EMPTY)
+    assert opportunities(items) == [False, True, False, False, True, True]
+    assert opportunities(items, match="count") == [False, True, False, True, True, True]
+    assert opportunities(items, ttl_s=2.0) == [False, True, False, False, True, False]
+
+
+async def test_simulate_counts_captured_wrong_and_saved() -> None:
+    items = inputs(EMPTY, EMPTY, FACE, EMPTY, FACE)
+    # 1 is next to 0 (correct hit); 2 is next to 0 too but has a face (wrong hit);
+    # 3 is far from everything (miss, although an opportunity); 4 is near 3 (wrong hit).
+    vecs = [
+        np.array(v, dtype=np.float32) for v in ([0, 0], [0.01, 0], [0, 0.01], [5, 5], [5, 5.01])
+    ]
+    cfg = CacheConfig.model_validate({"policy": {"type": "threshold", "max_distance": 0.05}})
+    opp = opportunities(items)
+    assert opp == [False, True, False, True, True]
+    point = await simulate(
+        items, vecs, [0.001] * 5, cfg, embedder=Vectors(), model=ModelRef("m", "1"), opportunity=opp
+    )
+    assert (point.hits, point.correct_hits, point.wrong_hits) == (3, 1, 2)
+    assert point.captured == pytest.approx(1 / 3)
+    assert point.wrong_hit_rate == pytest.approx(2 / 3)
+    assert point.inference_saved == pytest.approx(3 / 5)
+    # Every-frame: 0.5 s of model time; cached: 2 misses x 0.1 s + embedding + cache time.
+    assert point.every_frame_infer_s == pytest.approx(0.5)
+    assert point.miss_infer_s == pytest.approx(0.2)
+    assert 0 < point.speedup < 0.5 / 0.205
+    tight = CacheConfig.model_validate({"policy": {"type": "threshold", "max_distance": 0.001}})
+    none = await simulate(
+        items, vecs, [0.0] * 5, tight, embedder=Vectors(), model=ModelRef("m", "1"), opportunity=opp
+    )
+    assert none.hits == 0 and none.captured == 0.0
