@@ -40,7 +40,13 @@ from typing import Any
 import numpy as np
 
 from streamedge.bench.reference import Reference, ReferenceStore, reference_for
-from streamedge.bench.reuse import ReuseInput, ReusePoint, opportunities, simulate
+from streamedge.bench.reuse import (
+    ReuseInput,
+    ReusePoint,
+    opportunities,
+    previous_answer_wrong_rate,
+    simulate,
+)
 from streamedge.bench.workloads import PRESETS, StreamSpec, derived_cameras, interleave
 from streamedge.caches.cache import build_embedder
 from streamedge.caches.config import CacheConfig
@@ -57,10 +63,10 @@ EMBEDDERS: dict[str, dict[str, Any]] = {
     "pnet": {"type": "pnet", "width": 128, "grid": 4},
 }
 THRESHOLDS: dict[str, list[float]] = {
-    "downscale": [0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06],
-    "histogram": [0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08],
+    "downscale": [0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06],
+    "histogram": [0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08],
     "phash": [0.0, 0.125, 0.18, 0.25, 0.3, 0.35, 0.4],
-    "pnet": [0.01, 0.015, 0.02, 0.03, 0.045, 0.06, 0.09],
+    "pnet": [0.005, 0.01, 0.015, 0.02, 0.03, 0.045, 0.06, 0.09],
 }
 STORE: dict[str, Any] = {
     "max_bytes": 32 * 2**20,
@@ -160,11 +166,13 @@ def run_workload(
     opp = opportunities(inputs, ttl_s=float(STORE["ttl_s"]), match=args.match)
     n_opp = sum(opp)
     every_s = sum(i.infer_s for i in inputs)
+    flicker = previous_answer_wrong_rate(inputs, match=args.match)
     print()
     print(
         f"== {label}: {len(streams)} stream(s), {len(inputs)} inputs, {n_opp} reuse "
         f"opportunities ({n_opp / max(1, len(inputs)):.1%}), MTCNN {every_s:.1f} s "
-        f"({1000 * every_s / max(1, len(inputs)):.0f} ms/input)"
+        f"({1000 * every_s / max(1, len(inputs)):.0f} ms/input); the answer differs from "
+        f"the stream's previous frame on {flicker:.1%} of inputs"
     )
     header = (
         f"{'embedder':<10} {'policy':<6} {'threshold':>9} {'captured':>9} {'wrong hits':>10} "
@@ -231,6 +239,7 @@ def run_workload(
         "inputs": len(inputs),
         "opportunities": n_opp,
         "every_frame_infer_s": round(every_s, 3),
+        "previous_answer_wrong_rate": round(flicker, 4),
         "curve": rows,
         "best": best,
     }

@@ -51,7 +51,15 @@ from streamedge.records import (
     Vector,
 )
 
-__all__ = ["Match", "ReuseInput", "ReusePoint", "agree", "opportunities", "simulate"]
+__all__ = [
+    "Match",
+    "ReuseInput",
+    "ReusePoint",
+    "agree",
+    "opportunities",
+    "previous_answer_wrong_rate",
+    "simulate",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +114,26 @@ def opportunities(
         out.append(found)
         earlier.append(i)
     return out
+
+
+def previous_answer_wrong_rate(
+    inputs: Sequence[ReuseInput], *, match: Match = "boxes", iou_threshold: float = 0.5
+) -> float:
+    """Share of inputs whose answer disagrees with the previous input of the same stream.
+
+    What reusing every stream's last answer would get wrong: a floor for any
+    cache that reuses answers of near-identical consecutive frames, set by how
+    often the model's answer changes (or flickers) from one frame to the next.
+    """
+    last: dict[int, JSON] = {}
+    wrong = compared = 0
+    for item in inputs:
+        prev = last.get(item.stream)
+        if prev is not None:
+            compared += 1
+            wrong += int(not agree(item.answer, prev, match, iou_threshold))
+        last[item.stream] = item.answer
+    return wrong / compared if compared else 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamedge.bench.reuse import ReuseInput, opportunities, simulate
+from streamedge.bench.reuse import (
+    ReuseInput,
+    opportunities,
+    previous_answer_wrong_rate,
+    simulate,
+)
 from streamedge.caches.config import CacheConfig
 from streamedge.records import JSON, ModelInput, ModelRef, Vector
 
@@ -62,3 +67,15 @@ async def test_simulate_counts_captured_wrong_and_saved() -> None:
         items, vecs, [0.0] * 5, tight, embedder=Vectors(), model=ModelRef("m", "1"), opportunity=opp
     )
     assert none.hits == 0 and none.captured == 0.0
+
+
+def test_previous_answer_wrong_rate_is_per_stream() -> None:
+    items = [
+        ReuseInput(stream=0, ts=0.0, answer=EMPTY, infer_s=0.1),
+        ReuseInput(stream=1, ts=0.0, answer=FACE, infer_s=0.1),
+        ReuseInput(stream=0, ts=0.1, answer=EMPTY, infer_s=0.1),  # same as its stream's last
+        ReuseInput(stream=1, ts=0.1, answer=FACE_MOVED, infer_s=0.1),  # moved: differs
+        ReuseInput(stream=0, ts=0.2, answer=FACE, infer_s=0.1),  # differs
+    ]
+    assert previous_answer_wrong_rate(items) == pytest.approx(2 / 3)
+    assert previous_answer_wrong_rate(items, match="count") == pytest.approx(1 / 3)
