@@ -63,10 +63,11 @@ EMBEDDERS: dict[str, dict[str, Any]] = {
     "pnet": {"type": "pnet", "width": 128, "grid": 4},
 }
 THRESHOLDS: dict[str, list[float]] = {
-    "downscale": [0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06],
-    "histogram": [0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08],
-    "phash": [0.0, 0.125, 0.18, 0.25, 0.3, 0.35, 0.4],
-    "pnet": [0.005, 0.01, 0.015, 0.02, 0.03, 0.045, 0.06, 0.09],
+    "downscale": [0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.035, 0.04, 0.05, 0.06],
+    "histogram": [0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.06, 0.08],
+    # pHash distances are sqrt(bits / 64): 0, 1, 2, ... 8 differing bits, then 10.
+    "phash": [0.0, 0.125, 0.18, 0.22, 0.25, 0.28, 0.31, 0.34, 0.36, 0.4],
+    "pnet": [0.005, 0.01, 0.015, 0.02, 0.03, 0.045, 0.06, 0.075, 0.09],
 }
 STORE: dict[str, Any] = {
     "max_bytes": 32 * 2**20,
@@ -75,7 +76,12 @@ STORE: dict[str, Any] = {
 }  # caches/frames-downscale.yaml
 
 
-def cache_config(embedder: dict[str, Any], policy: str, threshold: float) -> CacheConfig:
+def cache_config(
+    embedder: dict[str, Any],
+    policy: str,
+    threshold: float,
+    accuracy: dict[str, Any] | None = None,
+) -> CacheConfig:
     """The cache profile of one sweep point."""
     if policy == "nn":
         pol: dict[str, Any] = {"type": "threshold", "max_distance": threshold}
@@ -88,7 +94,13 @@ def cache_config(embedder: dict[str, Any], policy: str, threshold: float) -> Cac
             "min_homogeneity": 0.8,
         }
     return CacheConfig.model_validate(
-        {"embedder": embedder, "policy": pol, "store": STORE, "answer_key": "count"}
+        {
+            "embedder": embedder,
+            "policy": pol,
+            "store": STORE,
+            "answer_key": "count",
+            "accuracy": accuracy or {},
+        }
     )
 
 
@@ -233,6 +245,54 @@ def run_workload(
                 f"{r['wrong_hit_rate']:>10.2%} {r['hits']:>5} {r['wrong_hits']:>5} "
                 f"{r['inference_saved']:>15.1%} {r['speedup']:>7.2f}x"
             )
+    guarded: list[dict[str, Any]] = []
+    if args.guard_fraction > 0:
+        accuracy = {
+            "target": 0.98,
+            "recheck_fraction": args.guard_fraction,
+            "min_samples": 20,
+            "window": 100,
+        }
+        print(
+            f"-- with the accuracy guard (target 98 % by face count, {args.guard_fraction:.0%} "
+            "of hits re-checked, min_samples 20, window 100), from the loosest threshold:"
+        )
+        print(
+            f"{'embedder':<10} {'policy':<6} {'start':>9} {'end':>9} {'rechecks':>8} "
+            f"{'captured':>9} {'wrong hits':>10} {'inference saved':>15} {'speedup':>8}"
+        )
+        for name in args.embedders:
+            for policy in args.policies:
+                start = max(args.thresholds or THRESHOLDS[name])
+                cfg = cache_config(EMBEDDERS[name], policy, start, accuracy)
+                point = asyncio.run(
+                    simulate(
+                        inputs,
+                        vectors[name],
+                        seconds[name],
+                        cfg,
+                        embedder=embedders[name],
+                        model=model_info(mcfg).ref,
+                        opportunity=opp,
+                        match=args.match,
+                        guard=True,
+                    )
+                )
+                end = point.final_distance or 0.0
+                print(
+                    f"{name:<10} {policy:<6} {start:>9.4g} {end:>9.4g} {point.rechecks:>8} "
+                    f"{point.captured:>9.1%} {point.wrong_hit_rate:>10.2%} "
+                    f"{point.inference_saved:>15.1%} {point.speedup:>7.2f}x"
+                )
+                guarded.append(
+                    {
+                        "embedder": name,
+                        "policy": policy,
+                        "start_threshold": start,
+                        "accuracy": accuracy,
+                        **point.to_json(),
+                    }
+                )
     return {
         "workload": label,
         "streams": [s.describe() for s in streams],
@@ -242,6 +302,7 @@ def run_workload(
         "previous_answer_wrong_rate": round(flicker, 4),
         "curve": rows,
         "best": best,
+        "guarded": guarded,
     }
 
 
@@ -267,6 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--thresholds", nargs="+", type=float, help="override every embedder's threshold grid"
     )
     parser.add_argument("--max-wrong", type=float, default=0.02, help="wrong-hit budget")
+    parser.add_argument(
+        "--guard-fraction",
+        type=float,
+        default=0.1,
+        help="share of hits the accuracy guard re-checks in the guarded runs (0: skip them)",
+    )
     parser.add_argument("--reference-dir", type=Path, help="reference answer store")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)

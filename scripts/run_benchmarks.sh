@@ -32,6 +32,7 @@ run stats_overhead --repeats 9
 run tiers --video "$VTEST"
 MEGAMIND=$($PY -c 'from streamedge.datasets import find_video; print(find_video("megamind"))')
 run layer_cache_detector --video "$VTEST" "$MEGAMIND" --jitter 4 --frames 795 --psnr 20 --refresh-every 20 --recheck-margin none 0 --harness
+run reuse --video "$VTEST"  # MTCNN reference answers of the derived cameras cached in ~/.cache
 run eval --video "$VTEST"  # also writes $OUT/eval.png; reference answers cached in ~/.cache
 
 echo

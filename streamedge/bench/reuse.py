@@ -155,6 +155,12 @@ class ReusePoint:
     """Reference MTCNN seconds of the misses."""
     every_frame_infer_s: float
     """Reference MTCNN seconds of every input."""
+    rechecks: int = 0
+    """Hits re-checked by the accuracy guard (``guard=True``)."""
+    recheck_infer_s: float = 0.0
+    """Reference MTCNN seconds of those re-checks (spent off the answer's path, but spent)."""
+    final_distance: float | None = None
+    """The policy's distance bound at the end (the guard may have moved it)."""
 
     @property
     def captured(self) -> float:
@@ -174,7 +180,7 @@ class ReusePoint:
     @property
     def speedup(self) -> float:
         """Every-frame processing time over the cached processing time."""
-        cached = self.embed_s + self.cache_s + self.miss_infer_s
+        cached = self.embed_s + self.cache_s + self.miss_infer_s + self.recheck_infer_s
         return self.every_frame_infer_s / cached if cached > 0 else 0.0
 
     def to_json(self) -> JSON:
@@ -194,6 +200,9 @@ class ReusePoint:
             "cache_s": round(self.cache_s, 4),
             "miss_infer_s": round(self.miss_infer_s, 3),
             "every_frame_infer_s": round(self.every_frame_infer_s, 3),
+            "rechecks": self.rechecks,
+            "recheck_infer_s": round(self.recheck_infer_s, 3),
+            "final_distance": self.final_distance,
         }
 
 
@@ -208,17 +217,22 @@ async def simulate(
     opportunity: Sequence[bool],
     match: Match = "boxes",
     iou_threshold: float = 0.5,
+    guard: bool = False,
 ) -> ReusePoint:
     """Play the inputs through a real cache built from ``cfg`` (see the module docstring).
 
-    The threshold adjuster is not attached (thresholds stay as configured).
+    Without ``guard`` the threshold adjuster is off (thresholds stay as
+    configured). With it, ``cfg.accuracy`` applies as in the pipeline: the
+    cache picks ``recheck_fraction`` of hits, the reference answer stands in
+    for the authoritative tier's, and :meth:`ApproximateCache.record_recheck`
+    feeds the adjuster (agreement by the cache's ``answer_key``).
     """
     clock_now = [0.0]
-    cfg = cfg.model_copy(
-        update={
-            "accuracy": cfg.accuracy.model_copy(update={"enabled": False, "recheck_fraction": 0.0})
-        }
-    )
+    if not guard:
+        off = {"enabled": False, "recheck_fraction": 0.0}
+        cfg = cfg.model_copy(update={"accuracy": cfg.accuracy.model_copy(update=off)})
+    rechecks = 0
+    recheck_s = 0.0
     cache = build_cache(cfg, model=model, embedder=embedder, clock=lambda: clock_now[0])
     hits = correct = wrong = captured = 0
     cache_s = miss_infer_s = 0.0
@@ -248,6 +262,10 @@ async def simulate(
             miss_infer_s += item.infer_s
             continue
         hits += 1
+        if guard and cache.should_recheck():
+            rechecks += 1
+            recheck_s += item.infer_s
+            cache.record_recheck(hit, item.answer)
         if agree(item.answer, hit.entry.answer, match, iou_threshold):
             correct += 1
             # A correct hit reuses an earlier agreeing answer, so it is an opportunity
@@ -266,4 +284,7 @@ async def simulate(
         cache_s=cache_s,
         miss_infer_s=miss_infer_s,
         every_frame_infer_s=float(sum(i.infer_s for i in inputs)),
+        rechecks=rechecks,
+        recheck_infer_s=recheck_s,
+        final_distance=cache.hit_distance,
     )

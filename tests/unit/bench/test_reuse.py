@@ -79,3 +79,38 @@ def test_previous_answer_wrong_rate_is_per_stream() -> None:
     ]
     assert previous_answer_wrong_rate(items) == pytest.approx(2 / 3)
     assert previous_answer_wrong_rate(items, match="count") == pytest.approx(1 / 3)
+
+
+async def test_the_guard_rechecks_hits_and_tightens_on_wrong_ones() -> None:
+    # Answers alternate along a line of inputs 0.0071 RMS apart: within 0.05 the nearest
+    # stored neighbour often has the other answer; below 0.007 nothing is reused.
+    n = 200
+    items = inputs(*([EMPTY, FACE] * (n // 2)))
+    vecs = [np.array([0.01 * i, 0.0], dtype=np.float32) for i in range(n)]
+    cfg = CacheConfig.model_validate(
+        {
+            "policy": {"type": "threshold", "max_distance": 0.05},
+            "answer_key": "count",
+            "accuracy": {
+                "recheck_fraction": 1.0,
+                "target": 0.9,
+                "min_samples": 5,
+                "window": 10,
+                "tighten_factor": 0.5,
+            },
+        }
+    )
+    opp = opportunities(items)
+    model = ModelRef("m", "1")
+    free = await simulate(
+        items, vecs, [0.0] * n, cfg, embedder=Vectors(), model=model, opportunity=opp
+    )
+    guarded = await simulate(
+        items, vecs, [0.0] * n, cfg, embedder=Vectors(), model=model, opportunity=opp, guard=True
+    )
+    assert free.rechecks == 0 and free.final_distance == 0.05
+    assert free.wrong_hits > 20
+    assert guarded.rechecks == guarded.hits > 0
+    assert guarded.recheck_infer_s == pytest.approx(0.1 * guarded.rechecks)
+    assert guarded.final_distance is not None and guarded.final_distance < 0.007
+    assert guarded.wrong_hits < free.wrong_hits / 2
