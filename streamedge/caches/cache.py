@@ -179,6 +179,8 @@ class ApproximateCache:
         self.max_concurrent_rechecks = max_concurrent_rechecks
         # Re-check bookkeeping, kept by the pipeline (see Processor).
         self.recheck_counts: dict[str, int] = dict.fromkeys(RECHECK_COUNTS, 0)
+        # Misses answered by a concurrent (identical or near) miss's inference (Processor).
+        self.shared_misses = 0
         self._index = index
         self._policy = policy
         self._store = store

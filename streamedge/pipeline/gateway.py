@@ -440,7 +440,12 @@ class Gateway:
 
     def _cache_gauge(self) -> JSON:
         return {
-            ns: {"entries": c.entries, "bytes": c.nbytes, "recheck": recheck_gauge(c)}
+            ns: {
+                "entries": c.entries,
+                "bytes": c.nbytes,
+                "shared_misses": c.shared_misses,
+                "recheck": recheck_gauge(c),
+            }
             for ns, c in sorted(self.caches.items())
         }
 

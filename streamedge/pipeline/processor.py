@@ -421,6 +421,8 @@ class Processor:
             self._stats.inference("all", time.perf_counter() - start, ok=False, stream=skey)
             raise
         timer.add("infer", time.perf_counter() - start)
+        if shared and cache is not None:
+            cache.shared_misses += 1
         # Only tiers configured as authoritative for the model write back; a shared
         # answer was stored by the call that ran it.
         if cache is not None and query is not None and result.authoritative and not shared:

@@ -231,6 +231,7 @@ async def test_recheck_gauge_fits_the_snapshot_schema() -> None:
         cache.namespace: {
             "entries": cache.entries,
             "bytes": cache.nbytes,
+            "shared_misses": cache.shared_misses,
             "recheck": recheck_gauge(cache),
         }
     }
@@ -248,7 +249,7 @@ async def test_recheck_gauge_fits_the_snapshot_schema() -> None:
 async def test_concurrent_near_identical_misses_share_one_model_call() -> None:
     model = Model("a")
     model.delay_s = 0.05
-    proc, rule, _, sink, _ = setup(model, max_distance=0.05, recheck_fraction=0.0)
+    proc, rule, _, sink, cache = setup(model, max_distance=0.05, recheck_fraction=0.0)
     # Eight cameras, pixel values 100..107: within 0.05 RMS (12.75 grey levels) of each other.
     outcomes = await asyncio.gather(*(proc.handle(raw(100 + i, f"cam{i}"), rule) for i in range(8)))
     assert len(model.calls) == 1
@@ -256,6 +257,8 @@ async def test_concurrent_near_identical_misses_share_one_model_call() -> None:
     assert [d["answer"] for d in sink.docs()] == [{"label": "a"}] * 8
     assert proc.flights.near_shared == 7
     assert proc.flights.shared == 7
+    assert cache.shared_misses == 7
+    assert cache.entries == 1  # the shared answer is stored once, by the call that ran it
 
 
 async def test_concurrent_different_misses_each_run() -> None:
