@@ -178,6 +178,9 @@ class InferenceRequest:
     """The JPEG/PNG bytes a frame was decoded from, when the device sent them: remote
     tiers send these (10-20x smaller than raw pixels) instead of the decoded image."""
     context: ReplyContext | None = None
+    deferrable: bool = True
+    """False for requests nobody waits on an answer for later (accuracy re-checks):
+    when every tier fails they fail, instead of going to store-and-forward."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

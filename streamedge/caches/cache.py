@@ -47,7 +47,13 @@ import numpy as np
 from streamedge.caches.answers import answers_agree
 from streamedge.caches.calibration import AdjusterStats, ThresholdAdjuster
 from streamedge.caches.config import CacheConfig, IndexConfig, PolicyConfig
-from streamedge.caches.embedders import DownscaleEmbedder, WindowEmbedder
+from streamedge.caches.embedders import (
+    DownscaleEmbedder,
+    HistogramEmbedder,
+    PHashEmbedder,
+    PNetEmbedder,
+    WindowEmbedder,
+)
 from streamedge.caches.numpy_index import NumpyIndex
 from streamedge.caches.policy import HknnPolicy, ThresholdPolicy, Vote
 from streamedge.caches.snapshot import (
@@ -81,9 +87,13 @@ __all__ = [
     "build_index",
     "build_policy",
     "namespace_for",
+    "recheck_gauge",
 ]
 
 logger = logging.getLogger(__name__)
+
+RECHECK_COUNTS = ("picked", "started", "skipped_busy", "failed", "not_authoritative", "running")
+"""Keys of :attr:`ApproximateCache.recheck_counts`."""
 
 _EWMA = 0.2
 """Weight of the newest search time in the moving average."""
@@ -114,6 +124,9 @@ class CacheStats:
         expirations: Entries dropped by TTL.
         rejected: Answers too large to store.
         recheck: Online accuracy of re-checked hits (``None`` without an adjuster).
+        recheck_counts: What became of the hits picked for a re-check
+            (``picked``, ``started``, ``skipped_busy``, ``failed``,
+            ``not_authoritative``, ``running``).
     """
 
     entries: int
@@ -127,6 +140,7 @@ class CacheStats:
     expirations: int
     rejected: int
     recheck: AdjusterStats | None
+    recheck_counts: dict[str, int] | None = None
 
 
 class ApproximateCache:
@@ -147,6 +161,7 @@ class ApproximateCache:
         inline_budget_s: Searches slower than this (moving average) run in a thread.
         seed: Seed of the re-check sampler.
         private: Reuse answers only for the device that stored them.
+        max_concurrent_rechecks: Re-checks of this namespace run at once at most.
     """
 
     def __init__(
@@ -165,6 +180,7 @@ class ApproximateCache:
         inline_budget_s: float = 0.0005,
         seed: int = 0,
         private: bool = False,
+        max_concurrent_rechecks: int = 2,
     ) -> None:
         if index.dim != embedder.dim:
             msg = f"index dim {index.dim} differs from embedder dim {embedder.dim}"
@@ -175,6 +191,11 @@ class ApproximateCache:
         self.answer_key = answer_key
         self.adjuster = adjuster
         self.recheck_fraction = recheck_fraction
+        self.max_concurrent_rechecks = max_concurrent_rechecks
+        # Re-check bookkeeping, kept by the pipeline (see Processor).
+        self.recheck_counts: dict[str, int] = dict.fromkeys(RECHECK_COUNTS, 0)
+        # Misses answered by a concurrent (identical or near) miss's inference (Processor).
+        self.shared_misses = 0
         self._index = index
         self._policy = policy
         self._store = store
@@ -209,6 +230,12 @@ class ApproximateCache:
     def index(self) -> Index:
         """The vector index (read-only use: diagnostics, benchmarks)."""
         return self._index
+
+    @property
+    def hit_distance(self) -> float:
+        """The policy's current nearest-distance bound (RMS); 0 when it has none."""
+        thresholds = getattr(self._policy, "thresholds", None)
+        return float(getattr(thresholds, "max_distance", 0.0))
 
     @property
     def policy(self) -> HitPolicy:
@@ -517,6 +544,7 @@ class ApproximateCache:
             expirations=store.expirations,
             rejected=store.rejected,
             recheck=None if self.adjuster is None else self.adjuster.stats(),
+            recheck_counts=dict(self.recheck_counts),
         )
 
     # ------------------------------------------------------------------ snapshots
@@ -639,6 +667,22 @@ class ApproximateCache:
         return restored
 
 
+def recheck_gauge(cache: ApproximateCache) -> JSON:
+    """The accuracy guard of one namespace for the ``caches`` gauge of the stats topic."""
+    doc: JSON = {"fraction": cache.recheck_fraction, **cache.recheck_counts}
+    thresholds = getattr(cache.policy, "thresholds", None)
+    if thresholds is not None:
+        doc["max_distance"] = round(float(thresholds.max_distance), 6)
+        doc["min_homogeneity"] = round(float(thresholds.min_homogeneity), 4)
+    if cache.adjuster is not None:
+        adj = cache.adjuster.stats()
+        doc["tightened"] = adj.tightened
+        doc["loosened"] = adj.loosened
+        doc["window"] = adj.window
+        doc["window_agreement"] = round(adj.window_accuracy, 4)
+    return doc
+
+
 # ---------------------------------------------------------------------- construction
 
 
@@ -677,6 +721,12 @@ def build_embedder(
     emb = cfg.embedder
     if emb.type == "downscale":
         return DownscaleEmbedder(emb)
+    if emb.type == "histogram":
+        return HistogramEmbedder(emb)
+    if emb.type == "phash":
+        return PHashEmbedder(emb)
+    if emb.type == "pnet":
+        return PNetEmbedder(emb)
     if window_fields is None or window_size is None:
         msg = f"cache {cfg.name!r}: the window embedder needs a stream with 'window' set"
         raise CacheError(msg)
@@ -713,4 +763,5 @@ def build_cache(
         recheck_fraction=cfg.accuracy.recheck_fraction,
         wall_clock=wall_clock,
         private=cfg.private,
+        max_concurrent_rechecks=cfg.accuracy.max_concurrent_rechecks,
     )

@@ -32,8 +32,75 @@ class WindowEmbedderConfig(Model):
     )
 
 
+class HistogramEmbedderConfig(Model):
+    """A colour histogram of the frame: ignores where things are, only which colours.
+
+    The vector is the square root of the normalised histogram, scaled so that the
+    RMS distance is ``sqrt(2)`` times the Hellinger distance of the two
+    histograms (0 identical, ``sqrt(2)`` disjoint), whatever the bin count.
+    """
+
+    type: Literal["histogram"] = "histogram"
+    space: Literal["hsv", "bgr"] = Field(
+        "hsv",
+        description=(
+            "hsv: hue x saturation bins plus a value histogram (less sensitive to "
+            "lighting); bgr: a joint histogram of the three channels."
+        ),
+    )
+    bins: int = Field(
+        8, ge=2, le=32, description="Bins per channel (hue, saturation, value or B, G, R)."
+    )
+    width: int = Field(
+        160,
+        ge=16,
+        le=1920,
+        description="Frames are shrunk to this width first (the histogram barely changes).",
+    )
+
+
+class PHashEmbedderConfig(Model):
+    """Perceptual hash (pHash): signs of the low-frequency DCT of a grey thumbnail.
+
+    The frame is shrunk to ``hash_size x highfreq_factor`` pixels a side, its
+    2-D DCT taken, and the top-left ``hash_size x hash_size`` coefficients
+    (DC excluded) compared with their median: one bit each, as 0/1 floats. The
+    RMS distance is then ``sqrt(hamming / bits)``: 0.25 is 4 of 64 bits, 0.35
+    about 8.
+    """
+
+    type: Literal["phash"] = "phash"
+    hash_size: int = Field(8, ge=4, le=32, description="Side of the kept DCT block (bits = side²).")
+    highfreq_factor: int = Field(
+        4, ge=2, le=8, description="The thumbnail is hash_size x this pixels a side."
+    )
+
+
+class PNetEmbedderConfig(Model):
+    """Features of the real detector: MTCNN PNet's last hidden layer, pooled on a grid.
+
+    The frame is shrunk to ``width`` pixels, PNet's 32-channel feature map
+    averaged over a ``grid x grid`` layout of cells and flattened (one small
+    PNet run). The vector is divided by its own RMS, so distances are relative
+    (0.1 is a 10 % change of the feature pattern) and overall brightness
+    matters little.
+    """
+
+    type: Literal["pnet"] = "pnet"
+    width: int = Field(128, ge=24, le=640, description="Frames are shrunk to this width first.")
+    grid: int = Field(4, ge=1, le=16, description="Pooling cells per side (dim = 32 x grid²).")
+    model_path: str | None = Field(
+        None, description="PNet ONNX file; none: the MTCNN PNet shipped with streamedge."
+    )
+
+
 EmbedderConfig = Annotated[
-    DownscaleEmbedderConfig | WindowEmbedderConfig, Field(discriminator="type")
+    DownscaleEmbedderConfig
+    | WindowEmbedderConfig
+    | HistogramEmbedderConfig
+    | PHashEmbedderConfig
+    | PNetEmbedderConfig,
+    Field(discriminator="type"),
 ]
 
 
@@ -332,6 +399,16 @@ class AccuracyConfig(Model):
     )
     recheck_fraction: float = Field(
         0.02, ge=0, le=1, description="Share of hits the pipeline re-checks with the model."
+    )
+    max_concurrent_rechecks: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description=(
+            "Re-checks of this namespace running at once, after their hit was answered; "
+            "a hit picked while this many run is not re-checked (counted as skipped), "
+            "so re-checks never queue up behind a busy model nor hold many frames."
+        ),
     )
     window: int = Field(200, ge=10, description="Re-check outcomes judged together.")
     min_samples: int = Field(

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from streamedge import __version__
 from streamedge.brokers.embedded import EmbeddedBroker
-from streamedge.caches.cache import ApproximateCache, build_cache, build_embedder
+from streamedge.caches.cache import ApproximateCache, build_cache, build_embedder, recheck_gauge
 from streamedge.caches.config import CacheConfig
 from streamedge.caches.layer.wiring import layer_cache_report, layer_runners
 from streamedge.caches.sharing import CacheSharing, shared_namespaces
@@ -352,6 +352,9 @@ class Gateway:
                 self.stats.dropped("shutdown", str(raw.stream))
                 if raw.on_outcome is not None:
                     raw.on_outcome("dropped", "shutdown")
+        if self.processor is not None:
+            # Re-checks only measure accuracy: give them what is left of the drain time.
+            await self.processor.drain_rechecks(max(0.0, deadline - self._clock()))
         await self.snapshot_caches()
         await self.stats_publisher.publish()
         await self.transport.close(graceful=True)
@@ -560,7 +563,13 @@ class Gateway:
 
     def _cache_gauge(self) -> JSON:
         return {
-            ns: {"entries": c.entries, "bytes": c.nbytes} for ns, c in sorted(self.caches.items())
+            ns: {
+                "entries": c.entries,
+                "bytes": c.nbytes,
+                "shared_misses": c.shared_misses,
+                "recheck": recheck_gauge(c),
+            }
+            for ns, c in sorted(self.caches.items())
         }
 
     def _transport_gauge(self) -> JSON:
