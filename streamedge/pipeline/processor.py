@@ -192,8 +192,9 @@ class Processor:
 
         start = time.perf_counter()
         now = self._clock()
-        dropped_by, failed = rule.chain.first_drop(key, item, now)
-        self._count_filters(rule.chain, dropped_by, failed)
+        chained = rule.chain.check(key, item, now)
+        dropped_by = chained.dropped_by
+        self._count_filters(rule.chain, dropped_by, chained.failures)
         timer.add("filter", time.perf_counter() - start)
         if dropped_by is not None:
             if isinstance(item, Frame):
@@ -256,7 +257,7 @@ class Processor:
                 first_result, first_tier = result, payload["tier"]
         if first_result is not None:
             for name in rule.chain.observe(key, item, first_result):
-                self._stats.filter_result(name, "error")
+                self._stats.filter_result(name, "error", reason="observe")
         return Outcome("answered", tier=first_tier)
 
     async def _decode(self, raw: RawMessage, cfg: StreamConfig) -> Item:
@@ -266,10 +267,13 @@ class Processor:
             return await asyncio.to_thread(self._decoder.decode, raw, kind)
         return self._decoder.decode(raw, kind)
 
-    def _count_filters(self, chain: FilterChain, dropped_by: str | None, failed: list[str]) -> None:
+    def _count_filters(
+        self, chain: FilterChain, dropped_by: str | None, failures: list[tuple[str, str]]
+    ) -> None:
+        reasons = dict(failures)
         for flt in chain.filters:
-            if flt.name in failed:
-                self._stats.filter_result(flt.name, "error")
+            if flt.name in reasons:
+                self._stats.filter_result(flt.name, "error", reason=reasons[flt.name])
             elif flt.name == dropped_by:
                 self._stats.filter_result(flt.name, "drop")
                 return
