@@ -23,7 +23,11 @@ when none does, the most accurate one (then the cheapest) is chosen and
 distance threshold × ``t_skip``; Reducto: the configured features'
 thresholds at common quantiles of their differences; FFS-VA: SDD threshold
 × SNM low × SNM high × count stage, with the SNM first trained on the
-window's full-model answers; frame_diff: threshold). Threshold candidates
+window's full-model answers; frame_diff: threshold). The SNM's thresholds
+are chosen by cross-fitting: each half of the window is replayed with an
+SNM trained on the other half, so they are not fitted to scores the SNM
+gives the frames it learned from (the SNM written out is trained on the
+whole window). Threshold candidates
 are quantiles of the distances the filter itself computes on the window, so
 the grid adapts to the scene. With several filters in a chain, the filters
 are tuned one after the other in chain order (one coordinate pass), each
@@ -264,23 +268,34 @@ def metric_of(acc: Accuracy, metric: CalibrationMetric) -> float:
     return result
 
 
+Fold = tuple[CalibrationWindow, Sequence[FilterConfig]]
+"""A part of the window and the chain replayed on it."""
+
+
 def _trial(
     index: int,
     ftype: str,
     settings: dict[str, Any],
-    chain: Sequence[FilterConfig],
-    window: CalibrationWindow,
+    folds: Sequence[Fold],
     *,
     target: float,
     metric: CalibrationMetric,
     model_s: float,
 ) -> Trial:
-    sim = simulate(chain, window)
-    n = len(window)
-    acc = accuracy(list(window.answers), sim.given)
+    reference: list[JSON] = []
+    given: list[JSON | None] = []
+    passed = 0
+    filter_s = 0.0
+    for part, chain in folds:
+        sim = simulate(chain, part)
+        reference.extend(part.answers)
+        given.extend(sim.given)
+        passed += sim.passed
+        filter_s += sum(sim.stage_s.values())
+    n = len(reference)
+    acc = accuracy(reference, given)
     score = metric_of(acc, metric)
-    filter_s = sum(sim.stage_s.values()) / n
-    pass_fraction = sim.passed / n
+    pass_fraction = passed / n
     return Trial(
         filter_index=index,
         filter_type=ftype,
@@ -288,9 +303,21 @@ def _trial(
         accuracy=acc,
         score=score,
         pass_fraction=pass_fraction,
-        filter_ms=1e3 * filter_s,
-        cost_ms=1e3 * (filter_s + pass_fraction * model_s),
+        filter_ms=1e3 * filter_s / n,
+        cost_ms=1e3 * (filter_s / n + pass_fraction * model_s),
         meets=score >= target - 1e-12,
+    )
+
+
+def _halves(window: CalibrationWindow) -> tuple[CalibrationWindow, CalibrationWindow]:
+    mid = len(window) // 2
+    return (
+        CalibrationWindow(
+            window.stream, window.frames[:mid], window.ts[:mid], window.answers[:mid]
+        ),
+        CalibrationWindow(
+            window.stream, window.frames[mid:], window.ts[mid:], window.answers[mid:]
+        ),
     )
 
 
@@ -514,7 +541,26 @@ def calibrate(
     chosen: list[dict[str, Any]] = [{} for _ in current]
     trials: list[Trial] = []
     snm: dict[int, bytes] = {}
+    # Per FFS-VA position, SNM files trained on each half of the window: a
+    # half is replayed with the SNM of the other half (cross-fitting), so the
+    # thresholds are chosen on scores of frames the SNM did not learn from.
+    crossed: dict[int, tuple[Path, Path]] = {}
     kwargs: dict[str, Any] = {"target": target, "metric": metric, "model_s": model_s}
+    first, second = _halves(window)
+
+    def folds(chain: Sequence[FilterConfig]) -> list[Fold]:
+        if not crossed:
+            return [(window, chain)]
+        parts: list[Fold] = []
+        for part, use in ((first, 1), (second, 0)):
+            variant = list(chain)
+            for i, paths in crossed.items():
+                cfg_i = variant[i]
+                if isinstance(cfg_i, FfsvaFilterConfig):
+                    variant[i] = cfg_i.model_copy(update={"snm_models": {"*": paths[use]}})
+            parts.append((part, variant))
+        return parts
+
     with tempfile.TemporaryDirectory(prefix="streamedge-calibrate-") as tmp:
         for index, cfg in enumerate(current):
             if isinstance(cfg, FfsvaFilterConfig) and train_snm:
@@ -525,6 +571,15 @@ def calibrate(
                     snm[index] = onnx_bytes
                     cfg = cfg.model_copy(update={"snm_models": {"*": path}})
                     current[index] = cfg
+                    halves = [train_window_snm(cfg, half) for half in (first, second)]
+                    if halves[0] is not None and halves[1] is not None:
+                        pair = (
+                            Path(tmp) / f"snm-{index}-a.onnx",
+                            Path(tmp) / f"snm-{index}-b.onnx",
+                        )
+                        pair[0].write_bytes(halves[0])
+                        pair[1].write_bytes(halves[1])
+                        crossed[index] = pair
                 else:
                     logger.warning(
                         "ffsva: too few empty or non-empty frames in the window to train an SNM"
@@ -536,7 +591,7 @@ def calibrate(
             for setting in grid:
                 candidate = cfg.model_copy(update=setting)
                 chain = [*current[:index], candidate, *current[index + 1 :]]
-                trial = _trial(index, cfg.type, setting, chain, window, **kwargs)
+                trial = _trial(index, cfg.type, setting, folds(chain), **kwargs)
                 own.append(trial)
                 if on_trial is not None:
                     on_trial(trial)
@@ -556,7 +611,7 @@ def calibrate(
             )
         final = None
         if any(chosen):
-            final = _trial(-1, "chain", {}, current, window, **kwargs)
+            final = _trial(-1, "chain", {}, folds(current), **kwargs)
             progress.advance()
     # The SNM files lived in the temporary directory: the caller persists snm.
     for index in snm:
