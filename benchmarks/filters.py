@@ -193,7 +193,7 @@ def run_video(
                     shown.close()
             chosen = list(result.filters)
             for index, data in result.snm.items():
-                path = out_dir / f"{tag}.snm.onnx"
+                path = (out_dir / f"{tag}.snm.onnx").resolve()
                 path.write_bytes(data)
                 cfg_i = chosen[index]
                 assert isinstance(cfg_i, FfsvaFilterConfig)
