@@ -155,17 +155,16 @@ class Recalibrator:
 
     def _due(self, st: _Stream, now: float) -> bool:
         cfg = self.cfg
-        if st.last_run_at is None:
-            if st.started_at is None:
-                st.started_at = now
-                if cfg.at_start:
-                    return True
-            return now - st.started_at >= cfg.interval_s
-        if now - st.last_run_at >= cfg.interval_s:
+        if st.started_at is None:
+            st.started_at = now
+            if cfg.at_start:
+                return True
+        since = st.last_run_at if st.last_run_at is not None else st.started_at
+        if now - since >= cfg.interval_s:
             return True
-        if len(st.checks) >= cfg.min_checks:
-            return sum(st.checks) / len(st.checks) < cfg.min_agreement
-        return False
+        return len(st.checks) >= cfg.min_checks and (
+            sum(st.checks) / len(st.checks) < cfg.min_agreement
+        )
 
     def _start(self, stream: StreamKey, st: _Stream, item: Frame, now: float) -> None:
         per_frame = _kept_bytes(item.image, self.cfg.frame_width)
