@@ -14,8 +14,9 @@ referenced under ``snm_models`` for the calibrated stream.
 
 ``--stream DIR`` calibrates on a recorded stream instead of a video: a
 directory of frame images (JPEG/PNG, in name order, ``--fps`` frames a
-second); it is turned into a lossless video first so the harness can key
-its reference answers by the recording's content.
+second); it is turned into a lossless video (FFV1) in the reference
+directory first, so the harness can key its reference answers by the
+recording's content.
 """
 
 from __future__ import annotations
@@ -113,7 +114,10 @@ def _source(args: argparse.Namespace) -> Path:
     from streamedge.datasets import find_video
 
     if args.stream is not None:
-        return recording_video(args.stream, fps=args.fps)
+        from streamedge.bench.reference import default_reference_dir
+
+        cache = args.reference_dir or default_reference_dir()
+        return recording_video(args.stream, fps=args.fps, out_dir=cache / "recordings")
     video = Path(args.video)
     if video.is_file():
         return video
@@ -123,8 +127,8 @@ def _source(args: argparse.Namespace) -> Path:
         raise ConfigError(str(exc)) from exc
 
 
-def recording_video(directory: Path, *, fps: float) -> Path:
-    """Turn a directory of frame images into a lossless video beside the reference cache.
+def recording_video(directory: Path, *, fps: float, out_dir: Path) -> Path:
+    """Turn a directory of frame images into a lossless video in ``out_dir``.
 
     The video is named by a digest of the images, so the same recording
     always maps to the same file (and the same cached reference answers).
@@ -136,8 +140,6 @@ def recording_video(directory: Path, *, fps: float) -> Path:
 
     import cv2
     import numpy as np
-
-    from streamedge.bench.reference import default_reference_dir
 
     if not directory.is_dir():
         raise ConfigError(f"--stream {directory}: not a directory")
@@ -151,7 +153,7 @@ def recording_video(directory: Path, *, fps: float) -> Path:
         digest.update(p.name.encode())
         digest.update(p.read_bytes())
     digest.update(repr(fps).encode())
-    out = default_reference_dir().parent / "recordings" / f"{digest.hexdigest()[:16]}.avi"
+    out = out_dir / f"{digest.hexdigest()[:16]}.avi"
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,8 @@ logger = logging.getLogger(__name__)
 CalibrationMetric = Literal["windowed", "agreement", "count_agreement", "presence_agreement"]
 
 QUANTILES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-"""Quantiles of a filter's own distances tried as thresholds (0 is always tried too)."""
+"""Quantiles of a filter's own (non-zero) distances tried as thresholds; 0 and half the
+smallest non-zero distance are always tried too."""
 T_SKIPS = (1, 2, 3, 5, 10, 15, 30)
 """NoScope's t_skip candidates (its optimizer tries 10 and 30; small ones keep accuracy)."""
 SNM_LOWS = (0.0, 0.05, 0.2, 0.5)
@@ -345,10 +346,14 @@ def choose(trials: Sequence[Trial]) -> Trial:
 def _quantile_levels(values: Sequence[float], *, zero: bool = True) -> list[float]:
     """Thresholds at :data:`QUANTILES` of ``values`` (rounded, unique, ascending)."""
     levels = {0.0} if zero else set()
-    if values:
-        arr = np.asarray(values, dtype=np.float64)
+    arr = np.asarray(values, dtype=np.float64)
+    positive = arr[arr > 0]
+    if positive.size:
+        # Identical frames (distance 0) are common on static scenes: a threshold
+        # just above 0 drops exactly those, so it is always a candidate.
+        levels.add(float(positive.min()) / 2)
         for q in QUANTILES:
-            levels.add(float(np.format_float_positional(np.quantile(arr, q), precision=4)))
+            levels.add(float(np.format_float_positional(np.quantile(positive, q), precision=4)))
     return sorted(levels)
 
 
