@@ -197,3 +197,65 @@ def test_the_snapshot_section_matches_the_schema() -> None:
     section = schema["properties"]["recalibration"]
     validator = jsonschema.Draft202012Validator({**section, "$defs": schema.get("$defs", {})})
     validator.validate({"0:*/camera*": recal.as_json()})
+
+
+async def test_the_gateway_recalibrates_real_video_with_real_mtcnn() -> None:
+    """The committed vtest excerpt through the gateway's own pipeline and MTCNN: the first
+    window goes to the model although the configured threshold drops everything, then the
+    stream's own threshold applies; the snapshot's section is valid."""
+    from streamedge.bench.replay import CLOCK_ORIGIN, ReplayClock
+    from streamedge.config import parse_config
+    from streamedge.datasets import find_video, iter_frames
+    from streamedge.pipeline.gateway import Gateway
+    from streamedge.stats.schema import snapshot_schema
+
+    window_frames = 12
+    cfg = parse_config(
+        {
+            "models": [{"type": "mtcnn"}],
+            "streams": [
+                {
+                    "match": "*/camera",
+                    "kind": "frame",
+                    "filters": [{"type": "noscope", "threshold": 1e9, "t_diff": 2}],
+                    "recalibrate": {
+                        "window_frames": window_frames,
+                        "check_fraction": 0.0,
+                        "target": 0.98,
+                    },
+                    "apps": [{"name": "faces", "model": "mtcnn"}],
+                }
+            ],
+        }
+    )
+    clock = ReplayClock()
+    gateway = Gateway(cfg, clock=clock, wall_clock=clock)
+    await gateway.build()
+    assert gateway.router is not None and gateway.processor is not None
+    (rule,) = gateway.rules
+    recal = rule.recalibrator
+    assert recal is not None
+    flt = rule.chain.filters[0]
+    assert isinstance(flt, NoScopeFilter)
+    levels = []
+    async with gateway.router:
+        for i, image in enumerate(
+            iter_frames(find_video("vtest", excerpt_only=True), max_frames=20)
+        ):
+            clock.now = CLOCK_ORIGIN + i / 10
+            raw = RawMessage(
+                stream=KEY,
+                payload=frame_payload(image.tobytes(), image.shape, i / 10),
+                received_at=clock.now,
+            )
+            outcome = await gateway.processor.handle(raw, rule)
+            levels.append(outcome.tier)
+            if i == window_frames - 1:
+                await recal.wait_idle()
+    assert levels[:window_frames] == ["local"] * window_frames
+    doc = recal.as_json()
+    assert (doc["windows"], doc["runs"], doc["failed"]) == (1, 1, 0)
+    assert flt.threshold(KEY) == doc["last"]["settings"][0]["threshold"] < 1e9
+    snapshot = gateway.stats.snapshot()
+    assert snapshot["recalibration"] == {"0:*/camera": doc}
+    jsonschema.Draft202012Validator(snapshot_schema()).validate(snapshot)
