@@ -30,7 +30,7 @@ class FrameDiffFilter(BaseFilter):
     name = "frame_diff"
 
     def __init__(self, cfg: FrameDiffFilterConfig, *, max_streams: int = 10_000) -> None:
-        self._cfg = cfg
+        self.cfg = self._cfg = cfg  # cfg: what calibration replays
         self._states: StreamStates[_Sent] = StreamStates(max_streams)
 
     def _thumb(self, frame: Frame) -> npt.NDArray[np.float32]:

@@ -113,6 +113,16 @@ class Recalibrator:
         configs = [getattr(f, "cfg", None) for f in self.filters]
         self.tunable = all(c is not None for c in configs) and bool(configs)
         self._configs = configs
+        if not self.tunable:
+            # The search replays the whole chain, so it needs every filter's settings.
+            logger.warning(
+                "recalibrate: filters %s do not expose their settings; recalibration is off",
+                [
+                    getattr(f, "name", "?")
+                    for f, c in zip(self.filters, configs, strict=True)
+                    if c is None
+                ],
+            )
 
     @property
     def bytes_kept(self) -> int:
