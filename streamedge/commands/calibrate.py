@@ -362,7 +362,12 @@ def write_config(
     for index, chosen in enumerate(result.chosen):
         entry = entries[index]
         for name, value in chosen.items():
-            entry[name] = dict(value) if isinstance(value, dict) else value
+            existing = entry.get(name)
+            if isinstance(value, dict) and isinstance(existing, dict):
+                existing.clear()  # in place: a flow mapping stays a flow mapping
+                existing.update(value)
+            else:
+                entry[name] = dict(value) if isinstance(value, dict) else value
         if index in snm_files:
             relative = _relative(snm_files[index], target.parent)
             models = entry.get("snm_models") or {}
