@@ -177,6 +177,8 @@ def run_video(
     orc = oracle([eval_ref])
     rows: list[Row] = []
     for label, chain in chains():
+        if args.only and label not in args.only:
+            continue
         for metric, target in TARGETS:
             tag = f"{video.stem}-{label}-{metric}"
             shown = (
@@ -313,6 +315,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--cost-frames", type=int, default=100, help="640x480 frames the filter cost is timed on"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        choices=[label for label, _ in chains()],
+        help="evaluate only this filter (repeat; default: all)",
     )
     parser.add_argument("--reference-dir", type=Path, default=None)
     parser.add_argument("--out-dir", type=Path, default=Path("bench-results") / "filters")
