@@ -22,7 +22,8 @@ off their accuracy target. Per stream, a :class:`Recalibrator`:
 
 Memory is bounded: frames are kept only while a window is collected, at
 ``frame_width`` pixels wide, and all streams' windows together stay under
-``max_bytes`` (a window that would not fit is not started, and counted).
+``max_bytes`` (a window that would not fit waits until another stream's
+window is done, counted once per wait as ``skipped_memory``).
 Everything is counted in the stats snapshot under ``recalibration``.
 """
 
@@ -65,6 +66,8 @@ class _Stream:
     running: bool = False
     settings: list[dict[str, Any]] = field(default_factory=list)
     seen_at: float = 0.0
+    waiting: bool = False
+    """A window is due but does not fit under max_bytes yet (counted once per wait)."""
 
 
 @dataclass(slots=True)
@@ -155,7 +158,7 @@ class Recalibrator:
             return None
         st = self._states.get(stream)
         st.seen_at = now
-        if st.window is None and not st.running and self._due(st, now):
+        if st.window is None and not st.running and (st.waiting or self._due(st, now)):
             self._start(stream, st, item, now)
         if st.window is not None:
             return "collect"
@@ -180,16 +183,20 @@ class Recalibrator:
         per_frame = _kept_bytes(item.image, self.cfg.frame_width)
         need = per_frame * self.cfg.window_frames
         if self._bytes + need > self.cfg.max_bytes:
-            self.counts.skipped_memory += 1
-            st.last_run_at = now  # try again an interval later, not on every frame
-            logger.warning(
-                "%s: no room to keep a calibration window (%d bytes needed, %d of %d in use)",
-                stream,
-                need,
-                self._bytes,
-                self.cfg.max_bytes,
-            )
+            # Wait for another stream's window to finish (each frame retries: cheap).
+            if not st.waiting:
+                st.waiting = True
+                self.counts.skipped_memory += 1
+                logger.warning(
+                    "%s: no room yet for a calibration window (%d bytes needed, %d of %d in "
+                    "use); waiting",
+                    stream,
+                    need,
+                    self._bytes,
+                    self.cfg.max_bytes,
+                )
             return
+        st.waiting = False
         self._bytes += need
         st.window = _Window(reserved=need)
         st.checks.clear()

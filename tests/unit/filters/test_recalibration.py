@@ -182,6 +182,33 @@ async def test_a_window_that_does_not_fit_in_memory_is_not_started() -> None:
     assert model.calls < 10  # the filter kept dropping
 
 
+async def test_a_stream_waits_for_room_until_another_streams_window_is_done() -> None:
+    image_bytes = 48 * 64 * 3
+    cfg = RecalibrationConfig(
+        window_frames=10, check_fraction=0.0, frame_width=0, max_bytes=15 * image_bytes
+    )
+    recal = Recalibrator(cfg, [NoScopeFilter(NoScopeFilterConfig())])
+    a, b = StreamKey("a", "camera"), StreamKey("b", "camera")
+    fa, fb = Frame(stream=a, ts=0.0, image=scene(0)), Frame(stream=b, ts=0.0, image=scene(0))
+    assert recal.decide(a, fa, dropped=False, now=0.0) == "collect"
+    for t in range(3):  # b does not fit while a collects: counted once
+        assert recal.decide(b, fb, dropped=False, now=float(t)) is None
+    assert recal.as_json()["skipped_memory"] == 1
+    for i in range(10):
+        recal.answered(
+            a,
+            Frame(stream=a, ts=i, image=scene(i)),
+            {"boxes": [], "count": 0},
+            latency_s=0.01,
+            repeated=None,
+            decision="collect",
+        )
+    await recal.wait_idle()
+    assert recal.bytes_kept == 0
+    assert recal.decide(b, fb, dropped=False, now=5.0) == "collect"
+    assert recal.as_json()["windows"] == 2
+
+
 def test_kept_frames_are_subsampled_and_counted() -> None:
     cfg = RecalibrationConfig(window_frames=10, frame_width=32, check_fraction=0.0)
     recal = Recalibrator(cfg, [NoScopeFilter(NoScopeFilterConfig())])
