@@ -36,6 +36,7 @@ MEGAMIND=$($PY -c 'from streamedge.datasets import find_video; print(find_video(
 run layer_cache_detector --video "$VTEST" "$MEGAMIND" --jitter 4 --frames 795 --psnr 20 --refresh-every 20 --recheck-margin none 0 --harness
 run reuse --video "$VTEST"  # MTCNN reference answers of the derived cameras cached in ~/.cache
 run eval --video "$VTEST"  # also writes $OUT/eval.png; reference answers cached in ~/.cache
+run filters --video "$VTEST" --video "$MEGAMIND"  # first 300 frames each; --full for all
 
 echo
 echo "results in $OUT/"

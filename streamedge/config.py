@@ -23,7 +23,7 @@ from pydantic_core import to_jsonable_python
 from streamedge.caches.config import CacheConfig, SharingConfig
 from streamedge.confbase import Model, RelPath
 from streamedge.errors import ConfigError
-from streamedge.filters.config import FilterConfig
+from streamedge.filters.config import FilterConfig, RecalibrationConfig
 from streamedge.gateways.config import CoapConfig, MqttConfig
 from streamedge.inference.config import InferenceConfig, ModelConfig
 from streamedge.stats.config import StatsConfig
@@ -116,6 +116,13 @@ class StreamConfig(Model):
     apps: list[AppConfig] = Field(
         default_factory=list,
         description="Applications run on each input; none: readings are forwarded as is.",
+    )
+    recalibrate: RecalibrationConfig | None = Field(
+        None,
+        description=(
+            "Re-choose the video filters' thresholds per stream while running "
+            "(checks of dropped frames, windows answered by the full model); None: never."
+        ),
     )
 
     def matches(self, key: str) -> bool:

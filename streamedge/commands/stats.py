@@ -152,7 +152,12 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(
             (
                 f"filter {name}",
-                f"pass {f.get('pass')}  drop {f.get('drop')}  error {f.get('error')}",
+                f"pass {f.get('pass')}  drop {f.get('drop')}  error {f.get('error')}"
+                + (
+                    " (" + ", ".join(f"{r} {n}" for r, n in f["reasons"].items()) + ")"
+                    if f.get("reasons")
+                    else ""
+                ),
             )
         )
     for level, c in doc.get("cache", {}).items():

@@ -43,6 +43,7 @@ from streamedge.config import StreamedgeConfig
 from streamedge.decoders.payloads import PayloadDecoder
 from streamedge.errors import CacheError, ConfigError
 from streamedge.filters.chain import FilterChain, build_filter
+from streamedge.filters.recalibration import Recalibrator
 from streamedge.gateways.coap import CoapServer
 from streamedge.gateways.mqtt import MqttTransport, Subscription
 from streamedge.inference.factory import EdgeDefaults, build_options, build_router, needs_model
@@ -245,6 +246,11 @@ class Gateway:
             chain = FilterChain(
                 [build_filter(f, max_streams=cfg.limits.max_streams) for f in rule.filters]
             )
+            recalibrator = (
+                Recalibrator(rule.recalibrate, chain.filters, max_streams=cfg.limits.max_streams)
+                if rule.recalibrate is not None and rule.filters
+                else None
+            )
             self.rules.append(
                 RuleRuntime(
                     index=index,
@@ -253,9 +259,12 @@ class Gateway:
                     apps=apps,
                     window_fields=window_fields,
                     window_size=window_size,
+                    recalibrator=recalibrator,
                 )
             )
         self._build_sharing()
+        if any(r.recalibrator is not None for r in self.rules):
+            self.stats.gauges["recalibration"] = self._recalibration_gauge
         self.processor = Processor(
             topics=self.topics,
             decoder=self._decoder,
@@ -559,6 +568,14 @@ class Gateway:
             "bytes": self.shards.budget.used,
             "max_bytes": self.shards.budget.max_bytes,
             "shards": {s.name: s.depth for s in self.shards.shards},
+        }
+
+    def _recalibration_gauge(self) -> JSON:
+        """Per stream rule with online recalibration: checks, windows, runs (by match)."""
+        return {
+            f"{r.index}:{r.cfg.match}": r.recalibrator.as_json()
+            for r in self.rules
+            if r.recalibrator is not None
         }
 
     def _cache_gauge(self) -> JSON:

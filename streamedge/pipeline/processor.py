@@ -39,6 +39,7 @@ from streamedge.config import StreamConfig
 from streamedge.decoders.payloads import PayloadDecoder
 from streamedge.errors import CacheError, DecodeError, DeferredError, InferenceError, PublishError
 from streamedge.filters.chain import FilterChain
+from streamedge.filters.recalibration import Decision, Recalibrator
 from streamedge.models.factory import ModelInfo
 from streamedge.pipeline.late import error_payload, error_reason
 from streamedge.pipeline.singleflight import SingleFlight
@@ -97,6 +98,8 @@ class RuleRuntime:
     apps: list[AppRuntime]
     window_fields: tuple[str, ...] | None
     window_size: int
+    recalibrator: Recalibrator | None = None
+    """Online recalibration of the chain's thresholds (None: off)."""
 
 
 @dataclass(slots=True)
@@ -204,6 +207,8 @@ class Processor:
                 old_key, old = self._states.popitem(last=False)
                 for flt in old.rule.chain.filters:
                     flt.reset(old_key)
+                if old.rule.recalibrator is not None:
+                    old.rule.recalibrator.forget(old_key)
         else:
             self._states.move_to_end(key)
         return state
@@ -234,9 +239,20 @@ class Processor:
 
         start = time.perf_counter()
         now = self._clock()
-        dropped_by, failed = rule.chain.first_drop(key, item, now)
-        self._count_filters(rule.chain, dropped_by, failed)
+        chained = rule.chain.check(key, item, now)
+        dropped_by = chained.dropped_by
+        self._count_filters(rule.chain, dropped_by, chained.failures)
         timer.add("filter", time.perf_counter() - start)
+        decision: Decision | None = None
+        repeated: JSON | None = None
+        recal = rule.recalibrator
+        if recal is not None and isinstance(item, Frame) and rule.apps:
+            # A calibration window, or a sampled check of a drop: the model answers anyway.
+            decision = recal.decide(key, item, dropped=dropped_by is not None, now=now)
+            if decision is not None and dropped_by is not None:
+                last = state.last.get(rule.apps[0].name)
+                repeated = last.payload.get("answer") if last is not None else None
+                dropped_by = None
         if dropped_by is not None:
             if isinstance(item, Frame):
                 self._stats.saved_bytes(item.encoded_bytes)
@@ -302,7 +318,17 @@ class Processor:
                 first_result, first_tier = result, payload["tier"]
         if first_result is not None:
             for name in rule.chain.observe(key, item, first_result):
-                self._stats.filter_result(name, "error")
+                self._stats.filter_result(name, "error", reason="observe")
+            if recal is not None and decision is not None and isinstance(item, Frame):
+                recal.answered(
+                    key,
+                    item,
+                    first_result.answer,
+                    latency_s=first_result.latency_s,
+                    repeated=repeated,
+                    decision=decision,
+                    authoritative=first_result.tier is not Tier.CACHE,
+                )
         return Outcome("answered", tier=first_tier)
 
     async def _decode(self, raw: RawMessage, cfg: StreamConfig) -> Item:
@@ -312,10 +338,13 @@ class Processor:
             return await asyncio.to_thread(self._decoder.decode, raw, kind)
         return self._decoder.decode(raw, kind)
 
-    def _count_filters(self, chain: FilterChain, dropped_by: str | None, failed: list[str]) -> None:
+    def _count_filters(
+        self, chain: FilterChain, dropped_by: str | None, failures: list[tuple[str, str]]
+    ) -> None:
+        reasons = dict(failures)
         for flt in chain.filters:
-            if flt.name in failed:
-                self._stats.filter_result(flt.name, "error")
+            if flt.name in reasons:
+                self._stats.filter_result(flt.name, "error", reason=reasons[flt.name])
             elif flt.name == dropped_by:
                 self._stats.filter_result(flt.name, "drop")
                 return
