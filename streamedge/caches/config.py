@@ -447,10 +447,12 @@ class CacheConfig(Model):
     policy: PolicyConfig = Field(default_factory=ThresholdPolicyConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     answer_key: str | None = Field(
-        None,
+        "auto",
         description=(
             "What makes two answers equal: a field ('label' for classifiers, 'count' for "
-            "detectors, dotted for nested fields); none: the whole answer, canonicalised."
+            "detectors, dotted for nested fields); 'auto': 'label' if the answer has one, "
+            "else 'count', else the whole answer; none: the whole answer, canonicalised "
+            "(float scores included, so re-checks rarely agree)."
         ),
     )
     accuracy: AccuracyConfig = Field(default_factory=AccuracyConfig)

@@ -134,6 +134,8 @@ class Gateway:
         self._decoder = PayloadDecoder(max_frame_pixels=cfg.limits.max_frame_pixels)
         self.rules: list[RuleRuntime] = []
         self.caches: dict[str, ApproximateCache] = {}
+        self.restored_entries = 0
+        """Cache entries restored from snapshots at the last start."""
         self.cache_profiles: dict[str, CacheConfig] = {}
         self.sharing: CacheSharing | None = None
         self.models: dict[ModelRef, Model] = {}
@@ -298,7 +300,7 @@ class Gateway:
                 await self.build()
             assert self.router is not None  # noqa: S101  # set by build()
             await stack.enter_async_context(self.router)
-            await self.restore_caches()
+            self.restored_entries = await self.restore_caches()
             async with asyncio.TaskGroup() as tg:
                 transport_ready = asyncio.Event()
                 transport_task = tg.create_task(
