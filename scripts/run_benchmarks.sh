@@ -26,13 +26,18 @@ run() {
 
 run filters_cost --video "$VTEST"
 run lookup
+run embedders --video "$VTEST"
 run layer_cache --model "$PNET" --video "$VTEST" --frames 100 --scales 0.6 0.3
 run stats_overhead --repeats 9
-run ingest --messages 20000  # needs mosquitto; CoAP (c) joins this table
+run ingest --messages 20000  # needs mosquitto
+run ingest_coap --messages 2000 --clients 8 --frames 60
+run sharing --video "$VTEST" --max-frames 300
 run tiers --video "$VTEST"
 MEGAMIND=$($PY -c 'from streamedge.datasets import find_video; print(find_video("megamind"))')
 run layer_cache_detector --video "$VTEST" "$MEGAMIND" --jitter 4 --frames 795 --psnr 20 --refresh-every 20 --recheck-margin none 0 --harness
+run reuse --video "$VTEST"  # MTCNN reference answers of the derived cameras cached in ~/.cache
 run eval --video "$VTEST"  # also writes $OUT/eval.png; reference answers cached in ~/.cache
+run filters --video "$VTEST" --video "$MEGAMIND"  # first 300 frames each; --full for all
 
 echo
 echo "results in $OUT/"

@@ -20,11 +20,11 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_core import to_jsonable_python
 
-from streamedge.caches.config import CacheConfig
+from streamedge.caches.config import CacheConfig, SharingConfig
 from streamedge.confbase import Model, RelPath
 from streamedge.errors import ConfigError
-from streamedge.filters.config import FilterConfig
-from streamedge.gateways.config import MqttConfig
+from streamedge.filters.config import FilterConfig, RecalibrationConfig
+from streamedge.gateways.config import CoapConfig, MqttConfig
 from streamedge.inference.config import InferenceConfig, ModelConfig
 from streamedge.stats.config import StatsConfig
 
@@ -117,6 +117,13 @@ class StreamConfig(Model):
         default_factory=list,
         description="Applications run on each input; none: readings are forwarded as is.",
     )
+    recalibrate: RecalibrationConfig | None = Field(
+        None,
+        description=(
+            "Re-choose the video filters' thresholds per stream while running "
+            "(checks of dropped frames, windows answered by the full model); None: never."
+        ),
+    )
 
     def matches(self, key: str) -> bool:
         """Whether ``device/stream`` matches this entry."""
@@ -158,11 +165,13 @@ class StreamedgeConfig(Model):
 
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    coap: CoapConfig = Field(default_factory=CoapConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     models: list[ModelConfig] = Field(default_factory=list, description="Models by name.")
     caches: list[CacheConfig] = Field(default_factory=list, description="Cache profiles by name.")
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    sharing: SharingConfig = Field(default_factory=SharingConfig)
     streams: list[StreamConfig] = Field(
         default_factory=_default_streams,
         description="Stream rules, first match wins; unmatched streams are dropped.",

@@ -172,7 +172,19 @@ def summary(snap: JSON, pubs: dict[str, PublisherStats]) -> str:
         f"saved                       : {saved['inference_s']:.2f} inference-s, "
         f"{saved['bytes_not_sent']} bytes not sent upstream"
     )
-    lines.append(f"cache contents              : {snap.get('caches', {})}")
+    acc = snap.get("accuracy", {})
+    if acc.get("checked"):
+        lines.append(
+            f"reuse accuracy (re-checked) : {acc['agreed']} of {acc['checked']} hits agreed "
+            f"with the model ({acc['agreement']:.1%})"
+        )
+    lines.append("cache contents              :")
+    for ns, c in snap.get("caches", {}).items():
+        rc = c.get("recheck") or {}
+        lines.append(
+            f"  {ns:<32} entries {c['entries']:5d}  {c['bytes'] / 1e6:6.2f} MB"
+            + (f"  re-checked {rc.get('started', 0)}" if rc else "")
+        )
     return "\n".join(lines)
 
 
@@ -215,6 +227,13 @@ async def run_demo(
             return gateway.stats.snapshot()  # the gateway failed; the TaskGroup re-raises
         if on_ready is not None:
             on_ready(gateway)
+        if gateway.restored_entries:
+            # Snapshots make a second run start warm; say so, or its hit ratio looks made up.
+            print(
+                f"restored {gateway.restored_entries} cached answers saved by an earlier run "
+                f"(in {gateway.cfg.gateway.data_dir}/caches; delete that folder to start cold)",
+                file=out,
+            )
         print(f"gateway ready; sample devices publishing for {duration or 'ever'} s", file=out)
         started = time.monotonic()
         pub_duration = None if duration is None else max(duration - 1.0, 0.5)

@@ -25,6 +25,8 @@ Clock: TypeAlias = Callable[[], float]
 """Monotonic seconds. Tests inject a fake clock."""
 JSON: TypeAlias = dict[str, Any]
 """A JSON-serialisable object (answers, stats snapshots)."""
+OutcomeHook: TypeAlias = Callable[[str, str | None], None]
+"""Called with an outcome kind (answered, filtered, dropped, deferred) and its reason."""
 
 
 class Tier(StrEnum):
@@ -87,6 +89,8 @@ class Inbound:
     """MQTT 5 Response Topic (CoAP: the request's own response)."""
     correlation: bytes | None = None
     transport: str = "mqtt"
+    on_outcome: OutcomeHook | None = None
+    """Told how the message ended (kind, reason); CoAP answers its request from it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +110,8 @@ class RawMessage:
     request: bool = False
     """An on-demand request (``<prefix>/req/...``): filters are skipped and the
     answer goes to ``reply_to`` only."""
+    on_outcome: OutcomeHook | None = None
+    """Told how the message ended (kind, reason); CoAP answers its request from it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,6 +181,9 @@ class InferenceRequest:
     """The JPEG/PNG bytes a frame was decoded from, when the device sent them: remote
     tiers send these (10-20x smaller than raw pixels) instead of the decoded image."""
     context: ReplyContext | None = None
+    deferrable: bool = True
+    """False for requests nobody waits on an answer for later (accuracy re-checks):
+    when every tier fails they fail, instead of going to store-and-forward."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -198,6 +207,8 @@ class CacheQuery:
     namespace: str
     key: bytes
     vector: Vector
+    owner: str | None = None
+    """In a private namespace, the device asking: only its own answers are reused."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,7 +7,10 @@ comparing **answer keys**:
 * ``answer_key(answer, "label")`` compares one field: a classifier's label;
 * ``answer_key(answer, "count")`` compares a detector's object count;
 * ``answer_key(answer, "summary.count")`` follows a dotted path into nested objects;
-* ``answer_key(answer, None)`` compares the whole answer.
+* ``answer_key(answer, None)`` compares the whole answer;
+* ``answer_key(answer, "auto")`` (the cache default) compares ``label`` when the answer
+  has one, else ``count``, else the whole answer: a whole answer carries float scores,
+  which almost never repeat exactly, so measured agreement would read near zero.
 
 The key is the canonical JSON text of the selected value (sorted keys, no
 whitespace, UTF-8 kept), so it is hashable, stable across processes and cheap
@@ -24,7 +27,10 @@ from typing import Any
 
 from streamedge.records import JSON
 
-__all__ = ["answer_key", "answers_agree"]
+__all__ = ["AUTO", "answer_key", "answers_agree"]
+
+AUTO = "auto"
+"""Field selector: the answer's ``label``, else its ``count``, else the whole answer."""
 
 
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -41,11 +47,13 @@ def answer_key(answer: JSON, field: str | None = None) -> str:
     Args:
         answer: A model's JSON answer.
         field: A field name or dotted path (``"label"``, ``"summary.count"``);
-            ``None`` selects the whole answer.
+            ``None`` selects the whole answer; ``"auto"`` see :data:`AUTO`.
 
     Returns:
         Canonical JSON of the selected value, or ``"<missing:FIELD>"``.
     """
+    if field == AUTO:
+        field = next((f for f in ("label", "count") if f in answer), None)
     if field is None:
         return _canonical(answer)
     value: Any = answer

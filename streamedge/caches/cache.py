@@ -15,6 +15,15 @@ moving through brute-force scans of large caches and through the occasional
 rebuild (HNSW compaction, IVF retraining, A-LSH rehash). numpy and faiss
 release the GIL.
 
+Sharing: entries stored by :meth:`ApproximateCache.put` (answers of an
+authoritative tier) are handed to the ``on_put`` hook, which publishes them to
+neighbour gateways (:mod:`streamedge.caches.sharing`); entries received from
+neighbours come in through :meth:`ApproximateCache.merge`, which never calls
+the hook, so shared entries are not re-published.
+
+Privacy: a ``private`` cache reuses an answer only for the device that stored
+it (its lookups skip other devices' entries) and is never shared.
+
 Accuracy: the pipeline re-checks a sample of hits (:meth:`ApproximateCache.should_recheck`)
 with the model and reports the answer with :meth:`ApproximateCache.record_recheck`;
 the :class:`~streamedge.caches.calibration.ThresholdAdjuster` then tightens or
@@ -29,7 +38,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +47,13 @@ import numpy as np
 from streamedge.caches.answers import answers_agree
 from streamedge.caches.calibration import AdjusterStats, ThresholdAdjuster
 from streamedge.caches.config import CacheConfig, IndexConfig, PolicyConfig
-from streamedge.caches.embedders import DownscaleEmbedder, WindowEmbedder
+from streamedge.caches.embedders import (
+    DownscaleEmbedder,
+    HistogramEmbedder,
+    PHashEmbedder,
+    PNetEmbedder,
+    WindowEmbedder,
+)
 from streamedge.caches.numpy_index import NumpyIndex
 from streamedge.caches.policy import HknnPolicy, ThresholdPolicy, Vote
 from streamedge.caches.snapshot import (
@@ -72,12 +87,20 @@ __all__ = [
     "build_index",
     "build_policy",
     "namespace_for",
+    "recheck_gauge",
 ]
 
 logger = logging.getLogger(__name__)
 
+RECHECK_COUNTS = ("picked", "started", "skipped_busy", "failed", "not_authoritative", "running")
+"""Keys of :attr:`ApproximateCache.recheck_counts`."""
+
 _EWMA = 0.2
 """Weight of the newest search time in the moving average."""
+
+_PRIVATE_K_FACTOR = 8
+"""A private cache searches this many times the policy's k (at least 32), then
+keeps the asker's own entries: other devices may crowd its neighbourhood."""
 
 
 def namespace_for(model: ModelRef, embedder: Embedder) -> str:
@@ -101,6 +124,9 @@ class CacheStats:
         expirations: Entries dropped by TTL.
         rejected: Answers too large to store.
         recheck: Online accuracy of re-checked hits (``None`` without an adjuster).
+        recheck_counts: What became of the hits picked for a re-check
+            (``picked``, ``started``, ``skipped_busy``, ``failed``,
+            ``not_authoritative``, ``running``).
     """
 
     entries: int
@@ -114,6 +140,7 @@ class CacheStats:
     expirations: int
     rejected: int
     recheck: AdjusterStats | None
+    recheck_counts: dict[str, int] | None = None
 
 
 class ApproximateCache:
@@ -133,6 +160,8 @@ class ApproximateCache:
         wall_clock: Epoch seconds, for snapshot ages across restarts.
         inline_budget_s: Searches slower than this (moving average) run in a thread.
         seed: Seed of the re-check sampler.
+        private: Reuse answers only for the device that stored them.
+        max_concurrent_rechecks: Re-checks of this namespace run at once at most.
     """
 
     def __init__(
@@ -150,6 +179,8 @@ class ApproximateCache:
         wall_clock: Callable[[], float] = time.time,
         inline_budget_s: float = 0.0005,
         seed: int = 0,
+        private: bool = False,
+        max_concurrent_rechecks: int = 2,
     ) -> None:
         if index.dim != embedder.dim:
             msg = f"index dim {index.dim} differs from embedder dim {embedder.dim}"
@@ -160,6 +191,11 @@ class ApproximateCache:
         self.answer_key = answer_key
         self.adjuster = adjuster
         self.recheck_fraction = recheck_fraction
+        self.max_concurrent_rechecks = max_concurrent_rechecks
+        # Re-check bookkeeping, kept by the pipeline (see Processor).
+        self.recheck_counts: dict[str, int] = dict.fromkeys(RECHECK_COUNTS, 0)
+        # Misses answered by a concurrent (identical or near) miss's inference (Processor).
+        self.shared_misses = 0
         self._index = index
         self._policy = policy
         self._store = store
@@ -172,6 +208,9 @@ class ApproximateCache:
         self._lock = asyncio.Lock()
         self._index_bytes = int(getattr(index, "bytes_per_entry", 4 * index.dim + 64))
         self._warned_models: set[ModelRef] = set()
+        self.private = private
+        self.on_put: Callable[[CacheEntry], Awaitable[None]] | None = None
+        """Called with each entry :meth:`put` stored (cache sharing publishes it)."""
         self.lookups = 0
         self.hits = 0
         self.puts = 0
@@ -193,6 +232,12 @@ class ApproximateCache:
         return self._index
 
     @property
+    def hit_distance(self) -> float:
+        """The policy's current nearest-distance bound (RMS); 0 when it has none."""
+        thresholds = getattr(self._policy, "thresholds", None)
+        return float(getattr(thresholds, "max_distance", 0.0))
+
+    @property
     def policy(self) -> HitPolicy:
         """The hit policy."""
         return self._policy
@@ -203,8 +248,13 @@ class ApproximateCache:
         return self._store
 
     # ------------------------------------------------------------------ keys
-    def query_for(self, item: ModelInput, *, vector: Vector | None = None) -> CacheQuery:
+    def query_for(
+        self, item: ModelInput, *, vector: Vector | None = None, owner: str | None = None
+    ) -> CacheQuery:
         """Embed ``item`` (unless ``vector`` is given) and build the lookup key.
+
+        In a private cache the query's owner is ``owner`` or else the item's
+        device; only entries that device stored are reused for it.
 
         Raises:
             CacheError: the embedding has the wrong shape or is not finite.
@@ -216,8 +266,19 @@ class ApproximateCache:
             raise CacheError(msg)
         if not np.all(np.isfinite(vec)):
             raise CacheError("embedding contains NaN or infinity")
-        key = hashlib.blake2b(vec.tobytes(), digest_size=16).digest()
-        return CacheQuery(namespace=self.namespace, key=key, vector=vec)
+        digest = hashlib.blake2b(vec.tobytes(), digest_size=16)
+        if self.private:
+            if owner is None:
+                stream = getattr(item, "stream", None)
+                owner = getattr(stream, "device", None)
+            if owner is None:
+                raise CacheError("a private cache needs the device of the input")
+            # The exact key also keys single-flight: devices must not share one inference.
+            digest.update(b"\x00" + owner.encode())
+        key = digest.digest()
+        return CacheQuery(
+            namespace=self.namespace, key=key, vector=vec, owner=owner if self.private else None
+        )
 
     # ------------------------------------------------------------------ lookup (sync core)
     def _search(self, vector: Vector, k: int) -> tuple[Vector, np.ndarray, float]:
@@ -225,18 +286,30 @@ class ApproximateCache:
         dist, ids = self._index.search(vector[None, :], k)
         return dist, ids, time.perf_counter() - start
 
-    def _neighbours(self, dist: Vector, ids: np.ndarray) -> list[Neighbour]:
+    def _k_for(self, query: CacheQuery, k: int) -> int:
+        if query.owner is None:
+            return k
+        return max(k * _PRIVATE_K_FACTOR, 32)
+
+    def _neighbours(
+        self, dist: Vector, ids: np.ndarray, owner: str | None = None, k: int | None = None
+    ) -> list[Neighbour]:
         dim = self.embedder.dim
         now = self._clock()
         get = self._store.get
         out: list[Neighbour] = []
+        mine = None if owner is None else owner + "/"
         for d2, ident in zip(dist[0].tolist(), ids[0].tolist(), strict=True):
             if ident < 0:
                 break
             entry = get(ident, now=now)
             if entry is None:
                 continue  # expired, or evicted between search and now
+            if mine is not None and not entry.origin.startswith(mine):
+                continue  # private namespace: another device's answer
             out.append(Neighbour(entry=entry, distance=math.sqrt(max(d2, 0.0) / dim)))
+            if k is not None and len(out) >= k:
+                break
         return out
 
     def neighbours(self, query: CacheQuery, k: int | None = None) -> list[Neighbour]:
@@ -245,14 +318,16 @@ class ApproximateCache:
         Not synchronised with :meth:`put`: call it from the event loop thread
         only, or while nothing else uses the cache (benchmarks, calibration).
         """
-        dist, ids, _ = self._search(query.vector, k or self._policy.k)
-        return self._neighbours(dist, ids)
+        want = k or self._policy.k
+        dist, ids, _ = self._search(query.vector, self._k_for(query, want))
+        return self._neighbours(dist, ids, query.owner, want)
 
     def lookup(self, query: CacheQuery) -> CacheHit | None:
         """Search, apply the policy and count the hit (sync; see :meth:`neighbours`)."""
-        dist, ids, took = self._search(query.vector, self._policy.k)
+        k = self._policy.k
+        dist, ids, took = self._search(query.vector, self._k_for(query, k))
         self._search_s += _EWMA * (took - self._search_s)
-        return self._decide(query, self._neighbours(dist, ids))
+        return self._decide(query, self._neighbours(dist, ids, query.owner, k))
 
     def _decide(self, query: CacheQuery, neighbours: list[Neighbour]) -> CacheHit | None:
         self.lookups += 1
@@ -280,14 +355,14 @@ class ApproximateCache:
             if len(self._index) == 0:
                 self.lookups += 1
                 return None
+            k = self._policy.k
+            k_search = self._k_for(query, k)
             if self._search_s <= self._inline_budget_s:
-                dist, ids, took = self._search(query.vector, self._policy.k)
+                dist, ids, took = self._search(query.vector, k_search)
             else:
-                dist, ids, took = await asyncio.to_thread(
-                    self._search, query.vector, self._policy.k
-                )
+                dist, ids, took = await asyncio.to_thread(self._search, query.vector, k_search)
             self._search_s += _EWMA * (took - self._search_s)
-            return self._decide(query, self._neighbours(dist, ids))
+            return self._decide(query, self._neighbours(dist, ids, query.owner, k))
 
     async def put(self, query: CacheQuery, result: InferenceResult, *, origin: str) -> None:
         """Store an answer under the query's embedding.
@@ -315,14 +390,55 @@ class ApproximateCache:
                 origin=origin,
                 confidence=result.confidence,
             )
-            items = [StoredEntry(entry=entry, hits=0)]
-            start = time.perf_counter()
-            if self._insert_s <= self._inline_budget_s:
-                self._insert(items)
-            else:
-                await asyncio.to_thread(self._insert, items)
-            self._insert_s += _EWMA * (time.perf_counter() - start - self._insert_s)
+            stored = await self._insert_one(entry)
             self.puts += 1
+        if stored and self.on_put is not None:
+            await self.on_put(entry)
+
+    async def _insert_one(self, entry: CacheEntry) -> bool:
+        """Insert under the lock (held by the caller); return whether it was kept."""
+        items = [StoredEntry(entry=entry, hits=0)]
+        start = time.perf_counter()
+        if self._insert_s <= self._inline_budget_s:
+            added = self._insert(items)
+        else:
+            added = await asyncio.to_thread(self._insert, items)
+        self._insert_s += _EWMA * (time.perf_counter() - start - self._insert_s)
+        return added > 0
+
+    async def merge(
+        self,
+        vector: Vector,
+        answer: JSON,
+        *,
+        origin: str,
+        age_s: float,
+        cost_s: float,
+        confidence: float | None,
+    ) -> bool:
+        """Store an entry received from a neighbour gateway; return whether it was kept.
+
+        The caller has checked model and embedder versions. The ``on_put``
+        hook is not called: received entries are never re-published.
+
+        Raises:
+            CacheError: the vector has the wrong shape or is not finite.
+        """
+        vec = np.ascontiguousarray(vector, dtype=np.float32)
+        if vec.shape != (self.embedder.dim,) or not np.all(np.isfinite(vec)):
+            msg = f"shared vector has shape {vec.shape} or non-finite values"
+            raise CacheError(msg)
+        async with self._lock:
+            entry = self._make_entry(
+                self._store.new_id(),
+                vec,
+                answer,
+                created_at=self._clock() - max(0.0, age_s),
+                cost_s=cost_s,
+                origin=origin,
+                confidence=confidence,
+            )
+            return await self._insert_one(entry)
 
     def _make_entry(
         self,
@@ -428,6 +544,7 @@ class ApproximateCache:
             expirations=store.expirations,
             rejected=store.rejected,
             recheck=None if self.adjuster is None else self.adjuster.stats(),
+            recheck_counts=dict(self.recheck_counts),
         )
 
     # ------------------------------------------------------------------ snapshots
@@ -550,6 +667,22 @@ class ApproximateCache:
         return restored
 
 
+def recheck_gauge(cache: ApproximateCache) -> JSON:
+    """The accuracy guard of one namespace for the ``caches`` gauge of the stats topic."""
+    doc: JSON = {"fraction": cache.recheck_fraction, **cache.recheck_counts}
+    thresholds = getattr(cache.policy, "thresholds", None)
+    if thresholds is not None:
+        doc["max_distance"] = round(float(thresholds.max_distance), 6)
+        doc["min_homogeneity"] = round(float(thresholds.min_homogeneity), 4)
+    if cache.adjuster is not None:
+        adj = cache.adjuster.stats()
+        doc["tightened"] = adj.tightened
+        doc["loosened"] = adj.loosened
+        doc["window"] = adj.window
+        doc["window_agreement"] = round(adj.window_accuracy, 4)
+    return doc
+
+
 # ---------------------------------------------------------------------- construction
 
 
@@ -588,6 +721,12 @@ def build_embedder(
     emb = cfg.embedder
     if emb.type == "downscale":
         return DownscaleEmbedder(emb)
+    if emb.type == "histogram":
+        return HistogramEmbedder(emb)
+    if emb.type == "phash":
+        return PHashEmbedder(emb)
+    if emb.type == "pnet":
+        return PNetEmbedder(emb)
     if window_fields is None or window_size is None:
         msg = f"cache {cfg.name!r}: the window embedder needs a stream with 'window' set"
         raise CacheError(msg)
@@ -623,4 +762,6 @@ def build_cache(
         adjuster=adjuster,
         recheck_fraction=cfg.accuracy.recheck_fraction,
         wall_clock=wall_clock,
+        private=cfg.private,
+        max_concurrent_rechecks=cfg.accuracy.max_concurrent_rechecks,
     )

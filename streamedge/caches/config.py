@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from streamedge.confbase import Model
+from streamedge.confbase import Model, env_substituted
 
 
 class DownscaleEmbedderConfig(Model):
@@ -32,8 +32,75 @@ class WindowEmbedderConfig(Model):
     )
 
 
+class HistogramEmbedderConfig(Model):
+    """A colour histogram of the frame: ignores where things are, only which colours.
+
+    The vector is the square root of the normalised histogram, scaled so that the
+    RMS distance is ``sqrt(2)`` times the Hellinger distance of the two
+    histograms (0 identical, ``sqrt(2)`` disjoint), whatever the bin count.
+    """
+
+    type: Literal["histogram"] = "histogram"
+    space: Literal["hsv", "bgr"] = Field(
+        "hsv",
+        description=(
+            "hsv: hue x saturation bins plus a value histogram (less sensitive to "
+            "lighting); bgr: a joint histogram of the three channels."
+        ),
+    )
+    bins: int = Field(
+        8, ge=2, le=32, description="Bins per channel (hue, saturation, value or B, G, R)."
+    )
+    width: int = Field(
+        160,
+        ge=16,
+        le=1920,
+        description="Frames are shrunk to this width first (the histogram barely changes).",
+    )
+
+
+class PHashEmbedderConfig(Model):
+    """Perceptual hash (pHash): signs of the low-frequency DCT of a grey thumbnail.
+
+    The frame is shrunk to ``hash_size x highfreq_factor`` pixels a side, its
+    2-D DCT taken, and the top-left ``hash_size x hash_size`` coefficients
+    (DC excluded) compared with their median: one bit each, as 0/1 floats. The
+    RMS distance is then ``sqrt(hamming / bits)``: 0.25 is 4 of 64 bits, 0.35
+    about 8.
+    """
+
+    type: Literal["phash"] = "phash"
+    hash_size: int = Field(8, ge=4, le=32, description="Side of the kept DCT block (bits = side²).")
+    highfreq_factor: int = Field(
+        4, ge=2, le=8, description="The thumbnail is hash_size x this pixels a side."
+    )
+
+
+class PNetEmbedderConfig(Model):
+    """Features of the real detector: MTCNN PNet's last hidden layer, pooled on a grid.
+
+    The frame is shrunk to ``width`` pixels, PNet's 32-channel feature map
+    averaged over a ``grid x grid`` layout of cells and flattened (one small
+    PNet run). The vector is divided by its own RMS, so distances are relative
+    (0.1 is a 10 % change of the feature pattern) and overall brightness
+    matters little.
+    """
+
+    type: Literal["pnet"] = "pnet"
+    width: int = Field(128, ge=24, le=640, description="Frames are shrunk to this width first.")
+    grid: int = Field(4, ge=1, le=16, description="Pooling cells per side (dim = 32 x grid²).")
+    model_path: str | None = Field(
+        None, description="PNet ONNX file; none: the MTCNN PNet shipped with streamedge."
+    )
+
+
 EmbedderConfig = Annotated[
-    DownscaleEmbedderConfig | WindowEmbedderConfig, Field(discriminator="type")
+    DownscaleEmbedderConfig
+    | WindowEmbedderConfig
+    | HistogramEmbedderConfig
+    | PHashEmbedderConfig
+    | PNetEmbedderConfig,
+    Field(discriminator="type"),
 ]
 
 
@@ -310,7 +377,17 @@ class StoreConfig(Model):
         1.0,
         gt=0,
         le=1,
-        description="Largest share of max_bytes that one origin (device/stream) may hold.",
+        description=(
+            "Largest share of max_bytes that one origin may hold (a device or a stream, "
+            "see quota_by; entries merged from a neighbour gateway count as that gateway)."
+        ),
+    )
+    quota_by: Literal["device", "stream"] = Field(
+        "device",
+        description=(
+            "What max_origin_share limits: each device (all its streams together) or "
+            "each device/stream."
+        ),
     )
 
 
@@ -322,6 +399,16 @@ class AccuracyConfig(Model):
     )
     recheck_fraction: float = Field(
         0.02, ge=0, le=1, description="Share of hits the pipeline re-checks with the model."
+    )
+    max_concurrent_rechecks: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description=(
+            "Re-checks of this namespace running at once, after their hit was answered; "
+            "a hit picked while this many run is not re-checked (counted as skipped), "
+            "so re-checks never queue up behind a busy model nor hold many frames."
+        ),
     )
     window: int = Field(200, ge=10, description="Re-check outcomes judged together.")
     min_samples: int = Field(
@@ -360,11 +447,113 @@ class CacheConfig(Model):
     policy: PolicyConfig = Field(default_factory=ThresholdPolicyConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     answer_key: str | None = Field(
-        None,
+        "auto",
         description=(
             "What makes two answers equal: a field ('label' for classifiers, 'count' for "
-            "detectors, dotted for nested fields); none: the whole answer, canonicalised."
+            "detectors, dotted for nested fields); 'auto': 'label' if the answer has one, "
+            "else 'count', else the whole answer; none: the whole answer, canonicalised "
+            "(float scores included, so re-checks rarely agree)."
         ),
     )
     accuracy: AccuracyConfig = Field(default_factory=AccuracyConfig)
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
+    share: bool = Field(
+        True,
+        description=(
+            "Publish this namespace's answers to neighbour gateways and merge theirs "
+            "(when 'sharing' is enabled); false keeps them on this gateway."
+        ),
+    )
+    private: bool = Field(
+        False,
+        description=(
+            "Privacy: reuse an answer only for the device that produced it (no reuse "
+            "across devices) and never share it with neighbour gateways."
+        ),
+    )
+
+
+class SharingConfig(Model):
+    """Cache sharing between gateways over a (bridged) MQTT topic.
+
+    Each answer an authoritative tier stores in a shared namespace is
+    published, HMAC-authenticated, on ``<topic_prefix>/cache/<namespace>``;
+    neighbours merge it into their cache. Bridge that topic between brokers.
+    """
+
+    enabled: bool = Field(False, description="Publish and merge shared cache entries.")
+    topic_prefix: str = Field(
+        "streamedge-share",
+        min_length=1,
+        description=(
+            "Root of the sharing topics; the same on every gateway of the group, and "
+            "what a broker bridge forwards (<topic_prefix>/cache/#)."
+        ),
+    )
+    secret: SecretStr | None = Field(
+        None,
+        description=(
+            "Shared HMAC-SHA256 key of the group (at least 16 characters); write "
+            "'${STREAMEDGE_SHARE_SECRET}' to take it from the environment."
+        ),
+    )
+    previous_secrets: list[SecretStr] = Field(
+        default_factory=list,
+        description=(
+            "Older keys still accepted on receipt (never used to send), so a new secret can "
+            "be rolled out gateway by gateway; '${NAME}' substitution as for secret."
+        ),
+    )
+    max_skew_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "Entries stamped further than this from our wall clock are rejected as "
+            "stale (replay window; keep the gateways' clocks in NTP sync)."
+        ),
+    )
+    replay_memory: int = Field(
+        10_000,
+        ge=16,
+        description="Message nonces remembered to reject exact replays within max_skew_s.",
+    )
+    bytes_per_s: float = Field(
+        64 * 1024,
+        gt=0,
+        description="Token-bucket rate of published entries, in bytes per second.",
+    )
+    burst_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        description="Token-bucket depth: bytes that may go out at once after a quiet spell.",
+    )
+    max_message_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        description="Larger shared entries are neither sent nor accepted.",
+    )
+    qos: Literal[0, 1] = Field(0, description="QoS of published entries.")
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _secret_env(cls, value: object, info: ValidationInfo) -> object:
+        # SecretStr cannot carry the EnvStr annotation, so substitute here.
+        return env_substituted(value, info)
+
+    @field_validator("previous_secrets", mode="before")
+    @classmethod
+    def _previous_env(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, list):
+            return [env_substituted(v, info) for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _secret_when_enabled(self) -> SharingConfig:
+        if self.enabled:
+            if self.secret is None:
+                raise ValueError("sharing.secret is required when sharing is enabled")
+            if len(self.secret.get_secret_value()) < 16:
+                raise ValueError("sharing.secret must be at least 16 characters")
+        if "+" in self.topic_prefix or "#" in self.topic_prefix:
+            raise ValueError("sharing.topic_prefix must not contain MQTT wildcards")
+        return self

@@ -26,10 +26,12 @@ heap of priorities, lowest evicted first:
 **TTL**: entries older than ``ttl_s`` are never returned and are purged
 (earliest expiry first) before anything valuable is evicted.
 
-**Per-origin quotas**: with ``max_origin_share < 1`` no origin (device/stream,
-or a peer gateway) may hold more than that share of ``max_bytes``; an origin
-over its quota evicts its *own* least valuable entries (same policy), so one
-chatty camera cannot flush everyone else's answers.
+**Per-origin quotas**: with ``max_origin_share < 1`` no origin may hold more
+than that share of ``max_bytes``; an origin over its quota evicts its *own*
+least valuable entries (same policy), so one chatty camera cannot flush
+everyone else's answers. The origin is the device (``quota_by: device``, all
+its streams together) or the device/stream; entries merged from a neighbour
+gateway (origin ``peer/<gateway>/<device>/<stream>``) count as that gateway.
 
 **Model versions**: :meth:`ResultStore.drop_other_models` removes entries
 whose model is not the current ``name@version``.
@@ -49,7 +51,15 @@ from streamedge.records import JSON, CacheEntry, Clock, ModelRef, Vector
 if TYPE_CHECKING:
     from streamedge.caches.config import StoreConfig
 
-__all__ = ["ENTRY_OVERHEAD", "ResultStore", "StoredEntry", "entry_nbytes"]
+__all__ = [
+    "ENTRY_OVERHEAD",
+    "PEER_ORIGIN",
+    "ResultStore",
+    "StoredEntry",
+    "entry_nbytes",
+    "is_peer_origin",
+    "quota_key",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +85,25 @@ def entry_nbytes(vector: Vector, answer: JSON, *, index_bytes: int = 0) -> int:
         index_bytes: What the index spends per entry (its ``bytes_per_entry``).
     """
     return int(vector.nbytes) + _answer_nbytes(answer) + ENTRY_OVERHEAD + int(index_bytes)
+
+
+PEER_ORIGIN = "peer/"
+"""Origins of entries merged from neighbour gateways start with this: a local
+origin is ``device/stream`` (one slash), a peer's ``peer/gateway/device/stream``."""
+
+
+def is_peer_origin(origin: str) -> bool:
+    """Whether an entry came from a neighbour gateway (cache sharing)."""
+    return origin.startswith(PEER_ORIGIN) and origin.count("/") >= 3
+
+
+def quota_key(origin: str, quota_by: str = "device") -> str:
+    """Who an entry's bytes count against: its device, its stream, or its peer gateway."""
+    if is_peer_origin(origin):
+        return origin[: origin.index("/", len(PEER_ORIGIN))]
+    if quota_by == "device":
+        return origin.split("/", 1)[0]
+    return origin
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -182,8 +211,11 @@ class ResultStore:
         return int(self._cfg.max_origin_share * self._cfg.max_bytes)
 
     def origin_bytes(self, origin: str) -> int:
-        """Accounted bytes held by one origin."""
-        return self._origin_bytes.get(origin, 0)
+        """Accounted bytes held by the quota holder of ``origin`` (see :func:`quota_key`)."""
+        return self._origin_bytes.get(self._quota_key(origin), 0)
+
+    def _quota_key(self, origin: str) -> str:
+        return quota_key(origin, self._cfg.quota_by)
 
     def new_id(self) -> int:
         """A fresh entry id (never reused within this store's life)."""
@@ -208,7 +240,8 @@ class ResultStore:
         ident = meta.entry.id
         self._order.push(ident, meta.prio)
         if self._cfg.max_origin_share < 1.0:
-            self._by_origin.setdefault(meta.entry.origin, _Order()).push(ident, meta.prio)
+            key = self._quota_key(meta.entry.origin)
+            self._by_origin.setdefault(key, _Order()).push(ident, meta.prio)
 
     # ------------------------------------------------------------------ mutation
     def add(self, entry: CacheEntry) -> list[int]:
@@ -224,11 +257,12 @@ class ResultStore:
             return [entry.id]
         self._drop(entry.id)
         removed = self.purge_expired()
+        owner = self._quota_key(entry.origin)
         if self._cfg.max_origin_share < 1.0:
-            origin_order = self._by_origin.get(entry.origin)
+            origin_order = self._by_origin.get(owner)
             while (
                 origin_order is not None
-                and self._origin_bytes.get(entry.origin, 0) + entry.nbytes > self.quota_bytes
+                and self._origin_bytes.get(owner, 0) + entry.nbytes > self.quota_bytes
             ):
                 victim = origin_order.peek()
                 if victim is None:
@@ -248,7 +282,7 @@ class ResultStore:
         meta = _Meta(entry)
         self._meta[entry.id] = meta
         self._nbytes += entry.nbytes
-        self._origin_bytes[entry.origin] = self._origin_bytes.get(entry.origin, 0) + entry.nbytes
+        self._origin_bytes[owner] = self._origin_bytes.get(owner, 0) + entry.nbytes
         heapq.heappush(self._expiry, (entry.created_at + self._cfg.ttl_s, entry.id))
         self._touch(meta)
         return removed
@@ -258,18 +292,19 @@ class ResultStore:
         if meta is None:
             return False
         entry = meta.entry
+        owner = self._quota_key(entry.origin)
         self._nbytes -= entry.nbytes
-        left = self._origin_bytes.get(entry.origin, 0) - entry.nbytes
+        left = self._origin_bytes.get(owner, 0) - entry.nbytes
         if left > 0:
-            self._origin_bytes[entry.origin] = left
+            self._origin_bytes[owner] = left
         else:
-            self._origin_bytes.pop(entry.origin, None)
+            self._origin_bytes.pop(owner, None)
         self._order.discard(entry_id)
-        origin_order = self._by_origin.get(entry.origin)
+        origin_order = self._by_origin.get(owner)
         if origin_order is not None:
             origin_order.discard(entry_id)
             if not len(origin_order):
-                del self._by_origin[entry.origin]
+                del self._by_origin[owner]
         return True
 
     def remove(self, entry_id: int) -> bool:

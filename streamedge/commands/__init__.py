@@ -13,4 +13,5 @@ COMMANDS = (
     "streamedge.commands.stats",
     "streamedge.commands.worker",
     "streamedge.commands.bench",
+    "streamedge.commands.calibrate",
 )

@@ -152,7 +152,12 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(
             (
                 f"filter {name}",
-                f"pass {f.get('pass')}  drop {f.get('drop')}  error {f.get('error')}",
+                f"pass {f.get('pass')}  drop {f.get('drop')}  error {f.get('error')}"
+                + (
+                    " (" + ", ".join(f"{r} {n}" for r, n in f["reasons"].items()) + ")"
+                    if f.get("reasons")
+                    else ""
+                ),
             )
         )
     for level, c in doc.get("cache", {}).items():
@@ -161,6 +166,18 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
                 f"cache {level}",
                 f"hits {c.get('hits')}  misses {c.get('misses')}  hit ratio "
                 f"{_pct(c.get('hit_ratio'))} (window {_pct(c.get('window_hit_ratio'))})",
+            )
+        )
+    sharing = doc.get("cache", {}).get("device", {}).get("sharing")
+    if isinstance(sharing, dict):
+        skipped, rejected = sharing.get("skipped", {}), sharing.get("rejected", {})
+        out.append(
+            (
+                "cache sharing",
+                f"sent {sharing.get('sent')} ({_bytes(sharing.get('bytes_sent'))})  "
+                f"skipped {sum(skipped.values())}  received {sharing.get('received')}  "
+                f"merged {sharing.get('merged')}  rejected {sum(rejected.values())}"
+                + (f" {dict(rejected)}" if rejected else ""),
             )
         )
     acc = doc.get("accuracy")

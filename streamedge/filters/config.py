@@ -373,3 +373,48 @@ FilterConfig = Annotated[
     | FfsvaFilterConfig,
     Field(discriminator="type"),
 ]
+
+
+class RecalibrationConfig(Model):
+    """Online recalibration of a stream rule's filter thresholds, per stream.
+
+    A sample of dropped frames is checked against the full model; a window
+    of frames all answered by the full model is collected at the start,
+    every ``interval_s`` and when the checked agreement falls below
+    ``min_agreement``; the thresholds are then chosen again on it
+    (``streamedge calibrate``'s search) for that stream alone.
+    """
+
+    check_fraction: float = Field(
+        0.02, ge=0, le=1, description="Fraction of dropped frames sent to the model as a check."
+    )
+    check_window: int = Field(100, ge=1, description="Recent checks the agreement is taken over.")
+    min_checks: int = Field(
+        20, ge=1, description="Checks needed before low agreement triggers a recalibration."
+    )
+    min_agreement: float = Field(
+        0.95, ge=0, le=1, description="Checked agreement below which the stream is recalibrated."
+    )
+    window_frames: int = Field(
+        150, ge=10, description="Frames answered by the full model and kept for a recalibration."
+    )
+    interval_s: float = Field(
+        3600.0, gt=0, description="Recalibrate each stream at least this often (seconds)."
+    )
+    at_start: bool = Field(
+        default=True, description="Collect a window as soon as a stream is first seen."
+    )
+    target: float = Field(
+        0.98, ge=0, le=1, description="Accuracy the chosen thresholds must reach on the window."
+    )
+    metric: Literal["agreement", "windowed", "count_agreement", "presence_agreement"] = Field(
+        "agreement",
+        description="What the target applies to: per-frame agreement or NoScope's windows.",
+    )
+    frame_width: int = Field(
+        320, ge=0, description="Kept frames are subsampled to this width (0: full size)."
+    )
+    max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="Bytes of kept window frames over all streams."
+    )
+    seed: int = Field(0, description="Seed of the check sampling (reproducible runs).")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from streamedge.filters._frames import thumbnail
 from streamedge.filters.base import BaseFilter, StreamStates
 from streamedge.filters.config import FrameDiffFilterConfig
 from streamedge.records import Frame, Item, StreamKey, Verdict
@@ -29,15 +30,13 @@ class FrameDiffFilter(BaseFilter):
     name = "frame_diff"
 
     def __init__(self, cfg: FrameDiffFilterConfig, *, max_streams: int = 10_000) -> None:
-        self._cfg = cfg
+        self.cfg = self._cfg = cfg  # cfg: what calibration replays
         self._states: StreamStates[_Sent] = StreamStates(max_streams)
 
     def _thumb(self, frame: Frame) -> npt.NDArray[np.float32]:
-        import cv2  # lazy: only frame pipelines need OpenCV
-
-        size = (self._cfg.size, self._cfg.size)
-        small = cv2.resize(frame.image, size, interpolation=cv2.INTER_LINEAR)
-        return small.astype(np.float32)
+        # The shared frame hygiene: grey, BGRA, uint16 and float frames are
+        # converted; unreadable ones raise UnsupportedFrameError (counted).
+        return thumbnail(frame.image, self._cfg.size).astype(np.float32)
 
     def check(self, stream: StreamKey, item: Item, now: float) -> Verdict:
         """PASS on the first frame, on change above the threshold, or when stale."""

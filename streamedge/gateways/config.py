@@ -139,3 +139,71 @@ class MqttConfig(Model):
     def embedded_broker(self) -> bool:
         """Whether the gateway starts its own broker."""
         return not self.host
+
+
+class CoapConfig(Model):
+    """The CoAP server of a gateway (RFC 7252 + Observe + block-wise), the same topic
+    tree as MQTT under ``/ps/<mqtt.topic_prefix>/...``."""
+
+    enabled: bool = Field(
+        False,
+        description=(
+            "Serve CoAP. Off by default: CoAP over UDP has no authentication here "
+            "(no DTLS/OSCORE), so opt in and keep it on a trusted network."
+        ),
+    )
+    bind: EnvStr = Field(
+        "127.0.0.1",
+        description="Address the UDP server binds; '::' or '0.0.0.0' to accept devices on the LAN.",
+    )
+    port: int = Field(5683, ge=1, le=65535, description="UDP port (5683 is CoAP's default).")
+    min_notify_interval_s: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "Least time between two Observe notifications of one resource; updates in "
+            "between are coalesced into one notification carrying the latest value."
+        ),
+    )
+    max_out_resources: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "Out resources (latest answer per stream) kept; the least recently "
+            "updated go first and their observers get a final 4.04."
+        ),
+    )
+    max_out_bytes: int = Field(
+        8 * 2**20, ge=1024, description="Byte cap of the latest answers held by out resources."
+    )
+    max_observers: int = Field(
+        256,
+        ge=0,
+        description="Observations held at once over all resources; more are served a plain GET.",
+    )
+    max_inflight: int = Field(
+        64,
+        ge=1,
+        description="POSTs admitted at once (each holds its payload); more get 5.03 + Max-Age.",
+    )
+    max_uploads: int = Field(
+        16,
+        ge=1,
+        description="Block-wise uploads being reassembled at once; a new one beyond gets 5.03.",
+    )
+    retry_after_s: int = Field(
+        2, ge=0, le=3600, description="Max-Age of a 5.03 answer: when the device should retry."
+    )
+    admit_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        description="How long a POST may wait for room in a blocking stream queue before 5.03.",
+    )
+    response_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "How long a POST waits for its pipeline outcome; after that it is answered "
+            "2.04 without a body (accepted, still queued)."
+        ),
+    )

@@ -241,6 +241,7 @@ class TierRouter:
         if (
             self.store is not None
             and self.cfg.store_and_forward.enabled
+            and request.deferrable
             and not self.is_urgent(request)
         ):
             return await self._defer(request, causes, detail)

@@ -9,6 +9,13 @@ Lifecycle (one TaskGroup, named tasks)::
     → publish final stats → flush answers → publish ``available = stopped``
     → disconnect → stop the embedded broker
 
+Cache snapshots (profiles with ``snapshot.enabled``): restored after
+``build`` and before input is taken, written every ``snapshot.interval_s``
+and once more at shutdown after the queues drained (atomic writes; a torn
+snapshot is discarded with a warning at restore). With ``sharing.enabled``
+the gateway also subscribes to ``<sharing.topic_prefix>/cache/#`` and
+merges its neighbours' entries (:mod:`streamedge.caches.sharing`).
+
 Every message a transport delivers ends as exactly one of answered,
 filtered or dropped (with a counted reason); ``messages.pending`` in the
 stats is what is still in flight.
@@ -28,12 +35,16 @@ from pathlib import Path
 
 from streamedge import __version__
 from streamedge.brokers.embedded import EmbeddedBroker
-from streamedge.caches.cache import ApproximateCache, build_cache, build_embedder
+from streamedge.caches.cache import ApproximateCache, build_cache, build_embedder, recheck_gauge
+from streamedge.caches.config import CacheConfig
 from streamedge.caches.layer.wiring import layer_cache_report, layer_runners
+from streamedge.caches.sharing import CacheSharing, shared_namespaces
 from streamedge.config import StreamedgeConfig
 from streamedge.decoders.payloads import PayloadDecoder
-from streamedge.errors import ConfigError
+from streamedge.errors import CacheError, ConfigError
 from streamedge.filters.chain import FilterChain, build_filter
+from streamedge.filters.recalibration import Recalibrator
+from streamedge.gateways.coap import CoapServer
 from streamedge.gateways.mqtt import MqttTransport, Subscription
 from streamedge.gateways.requests import reply_fields
 from streamedge.inference.factory import EdgeDefaults, build_options, build_router, needs_model
@@ -48,6 +59,7 @@ from streamedge.records import (
     Clock,
     Inbound,
     ModelRef,
+    OutboundMessage,
     RawMessage,
     StreamKey,
 )
@@ -96,6 +108,11 @@ class Gateway:
                 Subscription(self.topics.inputs, cfg.mqtt.qos_in, shared=True),
                 Subscription(self.topics.requests, cfg.mqtt.qos_in, shared=True),
                 Subscription(self.topics.stats_get, 0),
+                *(
+                    [Subscription(f"{cfg.sharing.topic_prefix}/cache/#", cfg.sharing.qos)]
+                    if cfg.sharing.enabled
+                    else []
+                ),
             ],
             host=self.broker_host,
             port=self.broker_port,
@@ -119,6 +136,10 @@ class Gateway:
         self._decoder = PayloadDecoder(max_frame_pixels=cfg.limits.max_frame_pixels)
         self.rules: list[RuleRuntime] = []
         self.caches: dict[str, ApproximateCache] = {}
+        self.restored_entries = 0
+        """Cache entries restored from snapshots at the last start."""
+        self.cache_profiles: dict[str, CacheConfig] = {}
+        self.sharing: CacheSharing | None = None
         self.models: dict[ModelRef, Model] = {}
         self.router: TierRouter | None = None
         self.processor: Processor | None = None
@@ -129,6 +150,23 @@ class Gateway:
         self.stats.gauges["queues"] = self._queue_gauge
         self.stats.gauges["caches"] = self._cache_gauge
         self.stats.gauges["transport"] = self._transport_gauge
+        self.coap = (
+            CoapServer(
+                cfg.coap,
+                topics=self.topics,
+                stats=self.stats,
+                deliver=self._deliver,
+                has_rule=lambda key: self.rule_for(key) is not None,
+                accepting=lambda: self._accepting,
+                max_payload_bytes=cfg.limits.max_payload_bytes,
+                stats_interval_s=cfg.stats.interval_s,
+                clock=clock,
+            )
+            if cfg.coap.enabled
+            else None
+        )
+        if self.coap is not None:
+            self.stats.gauges["coap"] = self.coap.gauge
 
     # -- building ----------------------------------------------------------------
     def _data_dir(self) -> Path:
@@ -165,7 +203,7 @@ class Gateway:
         )
         self.router.on_late = LateAnswers(
             topics=self.topics,
-            publish=self.transport.publish,
+            publish=self._publish,
             stats=self.stats,
             qos=cfg.mqtt.qos_out,
             wall_clock=self._wall,
@@ -207,9 +245,15 @@ class Gateway:
                             ccfg, model=info.ref, embedder=embedder, clock=self._clock
                         )
                         self.caches[namespace] = cache
+                        self.cache_profiles[namespace] = ccfg
                 apps.append(AppRuntime(name=app.name, info=info, cache=cache))
             chain = FilterChain(
                 [build_filter(f, max_streams=cfg.limits.max_streams) for f in rule.filters]
+            )
+            recalibrator = (
+                Recalibrator(rule.recalibrate, chain.filters, max_streams=cfg.limits.max_streams)
+                if rule.recalibrate is not None and rule.filters
+                else None
             )
             self.rules.append(
                 RuleRuntime(
@@ -219,13 +263,17 @@ class Gateway:
                     apps=apps,
                     window_fields=window_fields,
                     window_size=window_size,
+                    recalibrator=recalibrator,
                 )
             )
+        self._build_sharing()
+        if any(r.recalibrator is not None for r in self.rules):
+            self.stats.gauges["recalibration"] = self._recalibration_gauge
         self.processor = Processor(
             topics=self.topics,
             decoder=self._decoder,
             infer=self.router.infer,
-            publish=self.transport.publish,
+            publish=self._publish,
             stats=self.stats,
             clock=self._clock,
             wall_clock=self._wall,
@@ -248,10 +296,13 @@ class Gateway:
                 )
             if self.http is not None:
                 await stack.enter_async_context(self.http)  # bind now: a taken port fails fast
+            if self.coap is not None:
+                await stack.enter_async_context(self.coap)  # closed after the drain below
             if self.processor is None:
                 await self.build()
             assert self.router is not None  # noqa: S101  # set by build()
             await stack.enter_async_context(self.router)
+            self.restored_entries = await self.restore_caches()
             async with asyncio.TaskGroup() as tg:
                 transport_ready = asyncio.Event()
                 transport_task = tg.create_task(
@@ -264,6 +315,9 @@ class Gateway:
                 ]
                 stats_task = tg.create_task(
                     self.stats_publisher.run(), name=f"streamedge[{self.name}].stats"
+                )
+                snapshot_task = tg.create_task(
+                    self._snapshot_loop(), name=f"streamedge[{self.name}].snapshots"
                 )
                 http_task = (
                     tg.create_task(self.http.serve(), name=f"streamedge[{self.name}].http")
@@ -287,6 +341,7 @@ class Gateway:
                     )
                 await stopper
                 waiter.cancel()
+                snapshot_task.cancel()
                 await self._shutdown(workers)
                 stats_task.cancel()
                 if http_task is not None:
@@ -309,6 +364,12 @@ class Gateway:
         for shard in self.shards.shards:
             for raw in shard.drain_all():
                 self.stats.dropped("shutdown", str(raw.stream))
+                if raw.on_outcome is not None:
+                    raw.on_outcome("dropped", "shutdown")
+        if self.processor is not None:
+            # Re-checks only measure accuracy: give them what is left of the drain time.
+            await self.processor.drain_rechecks(max(0.0, deadline - self._clock()))
+        await self.snapshot_caches()
         await self.stats_publisher.publish()
         await self.transport.close(graceful=True)
         logger.info(
@@ -319,14 +380,78 @@ class Gateway:
             self.stats.outcomes["dropped"],
         )
 
+    # -- cache sharing and snapshots ---------------------------------------------
+    def _build_sharing(self) -> None:
+        scfg = self.cfg.sharing
+        if not scfg.enabled:
+            return
+        self.sharing = CacheSharing(
+            scfg,
+            gateway=self.name,
+            caches=self.caches,
+            shared=shared_namespaces(self.cache_profiles),
+            publish=self.transport.publish,
+            connected=lambda: self.transport.connected,
+            clock=self._clock,
+            wall_clock=self._wall,
+        )
+        n = self.sharing.attach()
+        self.stats.cache_gauges["device"] = self.sharing.gauge
+        logger.info(
+            "sharing %d of %d cache namespace(s) on %s",
+            n,
+            len(self.caches),
+            self.sharing.topic_filter,
+        )
+
+    def _snapshotted(self) -> list[ApproximateCache]:
+        return [
+            c for ns, c in sorted(self.caches.items()) if self.cache_profiles[ns].snapshot.enabled
+        ]
+
+    async def restore_caches(self) -> int:
+        """Load each snapshotted cache from its file; return the entries restored."""
+        total = 0
+        for cache in self._snapshotted():
+            total += await cache.restore(cache.snapshot_file(self._data_dir()))
+        return total
+
+    async def snapshot_caches(self) -> int:
+        """Write every snapshotted cache to disk now; return the entries written."""
+        total = 0
+        for cache in self._snapshotted():
+            try:
+                total += await cache.snapshot(cache.snapshot_file(self._data_dir()))
+            except CacheError as exc:  # the previous snapshot stays intact
+                logger.warning("cache %s: snapshot failed: %s", cache.namespace, exc)
+                self.stats.error("snapshot")
+        return total
+
+    async def _snapshot_loop(self) -> None:
+        caches = self._snapshotted()
+        if not caches:
+            return
+        interval = min(self.cache_profiles[c.namespace].snapshot.interval_s for c in caches)
+        while True:
+            await asyncio.sleep(interval)
+            await self.snapshot_caches()
+
     # -- ingest ------------------------------------------------------------------
     def _lost_before_delivery(self, reason: str) -> None:
         self.stats.received(None, 0)
         self.stats.dropped(reason)
         logger.warning("inbound MQTT message lost before delivery: %s", reason)
 
+    async def _publish(self, message: OutboundMessage) -> None:
+        """Answers go to CoAP observers (if serving) and to MQTT."""
+        if self.coap is not None:
+            self.coap.answer(message)
+        await self.transport.publish(message)
+
     def _queue_drop(self, raw: RawMessage, reason: str) -> None:
         self.stats.dropped(reason, str(raw.stream))
+        if raw.on_outcome is not None:
+            raw.on_outcome("dropped", reason)
         logger.warning("dropping input from %s: %s", raw.stream, reason)
 
     def rule_for(self, key: StreamKey) -> RuleRuntime | None:
@@ -345,6 +470,13 @@ class Gateway:
         """Route one inbound message: device input, stats request, or unknown."""
         if msg.topic == self.topics.stats_get:
             await self.stats_publisher.answer(msg)
+            return
+        if self.sharing is not None and self.sharing.handles(msg.topic):
+            try:
+                await self.sharing.receive(msg.topic, msg.payload)
+            except Exception:  # a neighbour's entry must never stop the transport loop
+                logger.exception("unexpected error merging a shared cache entry")
+                self.stats.error("sharing")
             return
         request = msg.topic.startswith(self.topics.request_root)
         if not request and not msg.topic.startswith(self.topics.input_root):
@@ -393,6 +525,7 @@ class Gateway:
             correlation=correlation,
             transport=msg.transport,
             request=request,
+            on_outcome=msg.on_outcome,
         )
         await self.shards.shard_for(key).put(raw, rule.cfg.queue)
 
@@ -409,6 +542,8 @@ class Gateway:
                     outcome = await self.processor.handle(raw, rule)
             except asyncio.CancelledError:
                 self.stats.dropped("shutdown", str(raw.stream))
+                if raw.on_outcome is not None:
+                    raw.on_outcome("dropped", "shutdown")
                 raise
             except Exception:  # the one per-message boundary: contain, count, go on
                 logger.exception("unexpected error handling a message from %s", raw.stream)
@@ -428,6 +563,8 @@ class Gateway:
             self.stats.deferred_to_store(skey)
         else:
             self.stats.dropped(outcome.reason or "unknown", skey)
+        if raw.on_outcome is not None:
+            raw.on_outcome(outcome.kind, outcome.reason)
 
     # -- stats -------------------------------------------------------------------
     def readiness(self) -> tuple[bool, str]:
@@ -448,9 +585,23 @@ class Gateway:
             "shards": {s.name: s.depth for s in self.shards.shards},
         }
 
+    def _recalibration_gauge(self) -> JSON:
+        """Per stream rule with online recalibration: checks, windows, runs (by match)."""
+        return {
+            f"{r.index}:{r.cfg.match}": r.recalibrator.as_json()
+            for r in self.rules
+            if r.recalibrator is not None
+        }
+
     def _cache_gauge(self) -> JSON:
         return {
-            ns: {"entries": c.entries, "bytes": c.nbytes} for ns, c in sorted(self.caches.items())
+            ns: {
+                "entries": c.entries,
+                "bytes": c.nbytes,
+                "shared_misses": c.shared_misses,
+                "recheck": recheck_gauge(c),
+            }
+            for ns, c in sorted(self.caches.items())
         }
 
     def _transport_gauge(self) -> JSON:

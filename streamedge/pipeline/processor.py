@@ -4,6 +4,19 @@
 so the books always balance: received = answered + filtered + dropped +
 pending. Filter and cache errors fail open (pass / miss); a model failure
 drops the message with the reason ``inference_failed``.
+
+**Accuracy guard.** A cache's ``accuracy.recheck_fraction`` of hits is
+re-run on the inference tiers *after* the reused answer was published (a
+background task, at most ``accuracy.max_concurrent_rechecks`` per namespace;
+a hit picked beyond that is skipped and counted). An answer from an
+authoritative tier is compared with the reused one; the outcome goes to the
+cache's threshold adjuster (:meth:`ApproximateCache.record_recheck`, which
+tightens the policy when agreement falls below the namespace's target and
+loosens it slowly when well above) and to :meth:`Stats.recheck`.
+
+**Single flight.** Concurrent misses of one namespace share one inference
+when their embeddings are identical or within the policy's current hit
+distance of each other (:meth:`SingleFlight.run_near`).
 """
 
 from __future__ import annotations
@@ -21,10 +34,12 @@ from typing import Any, Literal
 import numpy as np
 
 from streamedge.caches.cache import ApproximateCache
+from streamedge.caches.store import is_peer_origin
 from streamedge.config import StreamConfig
 from streamedge.decoders.payloads import PayloadDecoder
 from streamedge.errors import CacheError, DecodeError, DeferredError, InferenceError, PublishError
 from streamedge.filters.chain import FilterChain
+from streamedge.filters.recalibration import Decision, Recalibrator
 from streamedge.models.factory import ModelInfo
 from streamedge.pipeline.late import error_payload, error_reason
 from streamedge.pipeline.singleflight import SingleFlight
@@ -83,6 +98,8 @@ class RuleRuntime:
     apps: list[AppRuntime]
     window_fields: tuple[str, ...] | None
     window_size: int
+    recalibrator: Recalibrator | None = None
+    """Online recalibration of the chain's thresholds (None: off)."""
 
 
 @dataclass(slots=True)
@@ -146,6 +163,34 @@ class Processor:
         self._error_answers = error_answers
         self._states: OrderedDict[StreamKey, StreamState] = OrderedDict()
         self._flights: SingleFlight[InferenceResult] = SingleFlight()
+        self._rechecks: set[asyncio.Task[None]] = set()
+
+    @property
+    def flights(self) -> SingleFlight[InferenceResult]:
+        """The miss de-duplicator (``shared``/``near_shared`` counters)."""
+        return self._flights
+
+    @property
+    def rechecks_running(self) -> int:
+        """Accuracy re-checks in progress."""
+        return len(self._rechecks)
+
+    async def drain_rechecks(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for running re-checks, then cancel the rest.
+
+        Returns:
+            How many were cancelled.
+        """
+        tasks = list(self._rechecks)
+        if not tasks:
+            return 0
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return len(pending)
 
     @property
     def streams(self) -> int:
@@ -162,6 +207,8 @@ class Processor:
                 old_key, old = self._states.popitem(last=False)
                 for flt in old.rule.chain.filters:
                     flt.reset(old_key)
+                if old.rule.recalibrator is not None:
+                    old.rule.recalibrator.forget(old_key)
         else:
             self._states.move_to_end(key)
         return state
@@ -195,9 +242,20 @@ class Processor:
         if raw.request:  # a device asked for an answer; filters only thin streams
             dropped_by = None
         else:
-            dropped_by, failed = rule.chain.first_drop(key, item, now)
-            self._count_filters(rule.chain, dropped_by, failed)
+            chained = rule.chain.check(key, item, now)
+            dropped_by = chained.dropped_by
+            self._count_filters(rule.chain, dropped_by, chained.failures)
         timer.add("filter", time.perf_counter() - start)
+        decision: Decision | None = None
+        repeated: JSON | None = None
+        recal = rule.recalibrator
+        if recal is not None and isinstance(item, Frame) and rule.apps:
+            # A calibration window, or a sampled check of a drop: the model answers anyway.
+            decision = recal.decide(key, item, dropped=dropped_by is not None, now=now)
+            if decision is not None and dropped_by is not None:
+                last = state.last.get(rule.apps[0].name)
+                repeated = last.payload.get("answer") if last is not None else None
+                dropped_by = None
         if dropped_by is not None:
             if isinstance(item, Frame):
                 self._stats.saved_bytes(item.encoded_bytes)
@@ -229,7 +287,9 @@ class Processor:
                 )
                 return Outcome("dropped", "wrong_input_kind")
             try:
-                result, distance, age = await self._answer(app, raw, model_input, vectors, timer)
+                result, distance, age, recheck = await self._answer(
+                    app, raw, model_input, vectors, timer
+                )
             except DeferredError as exc:
                 logger.info("request of %s (%s) stored for later: %s", skey, app.name, exc)
                 return Outcome("deferred", "store_and_forward")
@@ -255,11 +315,23 @@ class Processor:
                 logger.warning("answer for %s not published: %s", skey, exc)
                 return Outcome("dropped", "publish_failed")
             state.last[app.name] = _Last(payload, self._clock())
+            if recheck is not None:
+                self._start_recheck(app, recheck, raw, model_input)
             if first_result is None:
                 first_result, first_tier = result, payload["tier"]
         if first_result is not None:
             for name in rule.chain.observe(key, item, first_result):
-                self._stats.filter_result(name, "error")
+                self._stats.filter_result(name, "error", reason="observe")
+            if recal is not None and decision is not None and isinstance(item, Frame):
+                recal.answered(
+                    key,
+                    item,
+                    first_result.answer,
+                    latency_s=first_result.latency_s,
+                    repeated=repeated,
+                    decision=decision,
+                    authoritative=first_result.tier is not Tier.CACHE,
+                )
         return Outcome("answered", tier=first_tier)
 
     async def _decode(self, raw: RawMessage, cfg: StreamConfig) -> Item:
@@ -269,10 +341,13 @@ class Processor:
             return await asyncio.to_thread(self._decoder.decode, raw, kind)
         return self._decoder.decode(raw, kind)
 
-    def _count_filters(self, chain: FilterChain, dropped_by: str | None, failed: list[str]) -> None:
+    def _count_filters(
+        self, chain: FilterChain, dropped_by: str | None, failures: list[tuple[str, str]]
+    ) -> None:
+        reasons = dict(failures)
         for flt in chain.filters:
-            if flt.name in failed:
-                self._stats.filter_result(flt.name, "error")
+            if flt.name in reasons:
+                self._stats.filter_result(flt.name, "error", reason=reasons[flt.name])
             elif flt.name == dropped_by:
                 self._stats.filter_result(flt.name, "drop")
                 return
@@ -308,8 +383,8 @@ class Processor:
         item: ModelInput,
         vectors: dict[str, Vector],
         timer: _Timer,
-    ) -> tuple[InferenceResult, float | None, float]:
-        """A cached or freshly inferred answer, its distance and its age."""
+    ) -> tuple[InferenceResult, float | None, float, CacheHit | None]:
+        """A cached or freshly inferred answer, its distance, its age, and the hit to re-check."""
         cache = app.cache
         query = None
         skey = str(raw.stream)
@@ -330,7 +405,8 @@ class Processor:
                 hit = None
             timer.add("lookup", time.perf_counter() - start)
             self._stats.cache_result(
-                "application",
+                # Hits on entries merged from neighbour gateways count at the device level.
+                "device" if hit is not None and is_peer_origin(hit.entry.origin) else "application",
                 hit=hit is not None,
                 stream=skey,
                 saved_s=hit.entry.cost_s if hit is not None else 0.0,
@@ -348,7 +424,8 @@ class Processor:
                     latency_s=0.0,
                     confidence=entry.confidence,
                 )
-                return result, hit.distance, self._clock() - entry.created_at
+                recheck = hit if cache.should_recheck() else None
+                return result, hit.distance, self._clock() - entry.created_at, recheck
 
         request = InferenceRequest(
             model=app.info.ref,
@@ -358,10 +435,18 @@ class Processor:
             context=ReplyContext(app=app.name, reply_to=raw.reply_to, correlation=raw.correlation),
         )
         start = time.perf_counter()
-        flight_key = (cache.namespace, query.key) if cache is not None and query else None
+        shared = False
         try:
-            if flight_key is not None:
-                result, _shared = await self._flights.run(flight_key, lambda: self._infer(request))
+            if cache is not None and query is not None:
+                result, shared = await self._flights.run_near(
+                    (cache.namespace, query.key),
+                    lambda: self._infer(request),
+                    # A private namespace's owner is part of the group: devices never
+                    # share an inference there, near-identical or not.
+                    group=(cache.namespace, query.owner),
+                    vector=query.vector,
+                    max_distance=cache.hit_distance,
+                )
             else:
                 result = await self._infer(request)
         except DeferredError:
@@ -372,13 +457,63 @@ class Processor:
             self._stats.inference("all", time.perf_counter() - start, ok=False, stream=skey)
             raise
         timer.add("infer", time.perf_counter() - start)
-        # Only tiers configured as authoritative for the model write back.
-        if cache is not None and query is not None and result.authoritative:
+        if shared and cache is not None:
+            cache.shared_misses += 1
+        # Only tiers configured as authoritative for the model write back; a shared
+        # answer was stored by the call that ran it.
+        if cache is not None and query is not None and result.authoritative and not shared:
             try:
                 await cache.put(query, result, origin=skey)
             except CacheError as exc:
                 logger.warning("cache %s could not store an answer: %s", cache.namespace, exc)
-        return result, None, 0.0
+        return result, None, 0.0, None
+
+    # -- the accuracy guard -----------------------------------------------------
+    def _start_recheck(
+        self, app: AppRuntime, hit: CacheHit, raw: RawMessage, item: ModelInput
+    ) -> None:
+        """Re-run a published hit on the tiers in the background (bounded per namespace)."""
+        cache = app.cache
+        if cache is None:
+            return
+        counts = cache.recheck_counts
+        counts["picked"] += 1
+        if counts["running"] >= cache.max_concurrent_rechecks:
+            counts["skipped_busy"] += 1
+            return
+        counts["started"] += 1
+        counts["running"] += 1
+        request = InferenceRequest(
+            model=app.info.ref,
+            input=item,
+            encoded=raw.payload if raw.payload[:2] in (b"\xff\xd8", b"\x89P") else None,
+            deferrable=False,  # nobody waits for a late re-check
+        )
+        task = asyncio.create_task(
+            self._recheck(cache, hit, request), name=f"recheck[{cache.namespace}]"
+        )
+        self._rechecks.add(task)
+        task.add_done_callback(self._rechecks.discard)
+
+    async def _recheck(
+        self, cache: ApproximateCache, hit: CacheHit, request: InferenceRequest
+    ) -> None:
+        try:
+            result = await self._infer(request)
+        except InferenceError as exc:
+            cache.recheck_counts["failed"] += 1
+            logger.warning("re-check of a hit in %s failed: %s", cache.namespace, exc)
+            return
+        finally:
+            cache.recheck_counts["running"] -= 1
+        if not result.authoritative or result.model != cache.model:
+            # Only the authoritative tier's answer may judge a reused one.
+            cache.recheck_counts["not_authoritative"] += 1
+            return
+        agreed = cache.record_recheck(hit, result.answer)
+        # A hit on an entry merged from a neighbour gateway is device-level reuse.
+        level = "device" if is_peer_origin(hit.entry.origin) else "application"
+        self._stats.recheck(cache.namespace, agreed=agreed, level=level)
 
     def _payload(
         self,

@@ -329,6 +329,7 @@ class Stats:
         self.deferred = 0
         self.drops: dict[str, int] = {}
         self.filters: dict[str, dict[str, int]] = {}
+        self.filter_reasons: dict[str, dict[str, int]] = {}
         self.cache: dict[str, dict[str, int]] = {lv: {"hits": 0, "misses": 0} for lv in LEVELS}
         self.accuracy: dict[str, Agreement] = {lv: Agreement() for lv in LEVELS}
         self.namespaces: dict[str, tuple[str, Agreement]] = {}
@@ -416,10 +417,16 @@ class Stats:
         """Answers handed to the transport."""
         self.messages_out += n
 
-    def filter_result(self, name: str, verdict: str) -> None:
-        """One filter's verdict (pass / drop / error)."""
+    def filter_result(self, name: str, verdict: str, *, reason: str | None = None) -> None:
+        """One filter's verdict (pass / drop / error); an error's ``reason`` is counted too:
+        ``frame_channels``, ``frame_dtype`` ... (unreadable frames), ``exception``, ``observe``."""
         per = self.filters.setdefault(name, {"pass": 0, "drop": 0, "error": 0})
         per[verdict] = per.get(verdict, 0) + 1
+        if reason is not None:
+            reasons = self.filter_reasons.setdefault(name, {})
+            if reason not in reasons and len(reasons) >= 32:
+                reason = "other"  # bounded: reasons come from a small set in practice
+            reasons[reason] = reasons.get(reason, 0) + 1
 
     def _model(self, model: str | None) -> ModelStats | None:
         if model is None:
@@ -644,7 +651,10 @@ class Stats:
             },
             "window": {k: recent.get(k, 0) for k in ("in", "answered", "filtered", "dropped")},
             "drops": dict(sorted(self.drops.items())),
-            "filters": {k: dict(v) for k, v in sorted(self.filters.items())},
+            "filters": {
+                k: {**v, **({"reasons": dict(r)} if (r := self.filter_reasons.get(k)) else {})}
+                for k, v in sorted(self.filters.items())
+            },
             "cache": cache,
             "reuse": {
                 "answers": answered,

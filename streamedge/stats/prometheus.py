@@ -260,6 +260,7 @@ class StatsCollector:
                         size.add_metric([str(ns)], b)
             yield entries
             yield size
+        yield from self._sharing()
         if (g := gauges.get("transport")) is not None and isinstance(t := g(), dict):
             for key, name, doc, family in (
                 ("connected", "streamedge_transport_connected", "1 while connected.", "gauge"),
@@ -287,6 +288,39 @@ class StatsCollector:
                 if (value := _num(t, key)) is not None:
                     lost.add_metric([direction], value)
             yield lost
+
+    def _sharing(self) -> Iterator[Metric]:
+        """Cache sharing between gateways (``cache.device.sharing``), when it is on."""
+        g = self._stats.cache_gauges.get("device")
+        doc = g() if g is not None else None
+        sharing = doc.get("sharing") if isinstance(doc, dict) else None
+        if not isinstance(sharing, dict):
+            return
+        events = CounterMetricFamily(
+            "streamedge_cache_shared_entries",
+            "Shared cache entries: sent, received, merged, own_ignored; skipped (not sent) "
+            "and rejected (not merged) by reason.",
+            labels=["event", "reason"],
+        )
+        for key in ("sent", "received", "merged", "own_ignored"):
+            if (value := _num(sharing, key)) is not None:
+                events.add_metric([key, ""], value)
+        for key in ("skipped", "rejected"):
+            per = sharing.get(key)
+            if isinstance(per, dict):
+                for reason, n in sorted(per.items()):
+                    if isinstance(n, int | float):
+                        events.add_metric([key, str(reason)], float(n))
+        yield events
+        size = CounterMetricFamily(
+            "streamedge_cache_shared_bytes",
+            "Bytes of shared cache entries sent and received.",
+            labels=["direction"],
+        )
+        for key, direction in (("bytes_sent", "sent"), ("bytes_received", "received")):
+            if (value := _num(sharing, key)) is not None:
+                size.add_metric([direction], value)
+        yield size
 
 
 def render(stats: Stats) -> bytes:

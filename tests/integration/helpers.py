@@ -35,6 +35,10 @@ def gateway_config(
                 "name": "frames",
                 "embedder": {"type": "downscale", "size": 16},
                 "policy": {"type": "threshold", "max_distance": 0.03},
+                # data_dir is the session's shared models_dir: a snapshot left by one
+                # test would answer the next one's first frame. Tests that check
+                # snapshots turn this on with a data_dir of their own.
+                "snapshot": {"enabled": False},
             },
         ],
         "streams": [

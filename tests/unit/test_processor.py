@@ -252,6 +252,30 @@ async def test_a_raising_filter_lets_input_pass_and_is_counted() -> None:
     assert stats.snapshot()["filters"]["raising"]["error"] == 1
 
 
+class Unreadable(Raising):
+    name = "unreadable"
+
+    def check(self, stream: StreamKey, item: Item, now: float) -> Verdict:
+        from streamedge.filters._frames import UnsupportedFrameError
+
+        raise UnsupportedFrameError("channels first", reason="frame_channels")
+
+
+async def test_an_unreadable_frame_passes_and_its_reason_is_counted() -> None:
+    proc, rule, infer, _, stats, _ = make(filters=FilterChain([Unreadable(), Raising()]))
+    outcome = await proc.handle(raw(jpeg(9)), rule)
+    assert outcome.kind == "answered"
+    assert len(infer.calls) == 1
+    filters = stats.snapshot()["filters"]
+    assert filters["unreadable"] == {
+        "pass": 0,
+        "drop": 0,
+        "error": 1,
+        "reasons": {"frame_channels": 1},
+    }
+    assert filters["raising"]["reasons"] == {"exception": 1}
+
+
 async def test_concurrent_identical_misses_share_one_inference() -> None:
     import asyncio
 

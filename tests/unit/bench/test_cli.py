@@ -112,3 +112,47 @@ def test_benchmark_configs_are_valid_and_match_the_default_stream() -> None:
     for path in files:
         cfg = load_config(path)
         assert evaluated_app(cfg, "cam1/camera").model == "mtcnn", path
+
+
+def test_filters_benchmark_runs_on_the_excerpt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/filters.py end to end on 24 excerpt frames: calibrate on 12, replay 12."""
+    import json
+
+    from benchmarks import filters as bench_filters
+    from streamedge.datasets import find_video
+
+    out = tmp_path / "filters.json"
+    status = bench_filters.main(
+        [
+            "--video",
+            str(find_video("vtest", excerpt_only=True)),
+            "--frames",
+            "24",
+            "--only",
+            "cascade",
+            "--cost-frames",
+            "4",
+            "--reference-dir",
+            str(tmp_path / "ref"),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--json",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "calibrated on the first 12, evaluated on the other 12" in printed
+    doc = json.loads(out.read_text())
+    rows = doc["rows"]
+    assert [(r["filters"], r["metric"]) for r in rows] == [
+        ("cascade", "windowed"),
+        ("cascade", "agreement"),
+    ]
+    for row in rows:
+        assert 0.0 < row["model_fraction"] <= 1.0
+        assert row["filter_ms_640"] > 0
+        assert row["uniform_k"] >= 1

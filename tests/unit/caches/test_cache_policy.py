@@ -34,6 +34,16 @@ def test_answer_key_selects_a_field() -> None:
     assert answer_key({"x": 1, "y": [1, 2]}) == answer_key({"y": [1, 2], "x": 1})  # canonical
 
 
+def test_answer_key_auto_prefers_label_then_count_then_whole() -> None:
+    # Scores differ between runs of the same answer; "auto" must ignore them.
+    assert answers_agree({"label": "cat", "score": 0.91}, {"label": "cat", "score": 0.9}, "auto")
+    assert not answers_agree({"label": "cat"}, {"label": "dog"}, "auto")
+    assert answers_agree({"count": 1, "boxes": [[1, 2]]}, {"count": 1, "boxes": [[1, 3]]}, "auto")
+    assert not answers_agree({"count": 1}, {"count": 2}, "auto")
+    assert not answers_agree({"v": 0.5}, {"v": 0.6}, "auto")
+    assert answer_key({"v": 0.5}, "auto") == answer_key({"v": 0.5}, None)
+
+
 def test_answer_key_dotted_and_missing() -> None:
     a = {"summary": {"count": 3, "boxes": [[0, 0, 1, 1]]}}
     b = {"summary": {"count": 3, "boxes": [[5, 5, 6, 6]]}}

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamedge.caches.config import StoreConfig
-from streamedge.caches.store import ResultStore, StoredEntry
+from streamedge.caches.store import ResultStore, StoredEntry, is_peer_origin, quota_key
 from streamedge.records import ModelRef
 from tests.unit.caches.conftest import MODEL, EntryFactory, FakeClock, entry_factory
 
@@ -308,3 +308,45 @@ def test_store_accounting_covers_measured_memory(
     assert measured <= accounted, f"measured {measured / n:.0f} B/entry > {accounted / n:.0f}"
     assert accounted <= 1.35 * measured, "the accounting is wastefully pessimistic"
     assert np.mean(entries) == accounted / n
+
+
+def test_store_quota_by_device_counts_all_streams_of_a_device(
+    make_entry: EntryFactory, clock: FakeClock
+) -> None:
+    store = _store(clock, max_bytes=10_000, max_origin_share=0.5, eviction="lru")
+    store.add(make_entry(1, nbytes=2000, origin="cam2/video"))
+    # cam1 spreads over four streams; together they still get only half the cache.
+    for i, stream in enumerate(["a", "b", "c", "d"], start=2):
+        store.add(make_entry(i, nbytes=2000, origin=f"cam1/{stream}"))
+        assert store.origin_bytes("cam1/x") <= 5000
+    assert 1 in store
+    assert store.origin_bytes("cam1/anything") == 4000
+    assert store.quota_evictions == 2
+
+
+def test_store_quota_by_stream_limits_each_stream(
+    make_entry: EntryFactory, clock: FakeClock
+) -> None:
+    store = _store(clock, max_bytes=10_000, max_origin_share=0.5, quota_by="stream")
+    for i, stream in enumerate(["a", "b", "a", "b"], start=1):
+        store.add(make_entry(i, nbytes=2000, origin=f"cam1/{stream}"))
+    assert store.quota_evictions == 0
+    assert store.origin_bytes("cam1/a") == 4000
+    assert store.origin_bytes("cam1/b") == 4000
+
+
+def test_store_peer_gateway_entries_share_one_quota(
+    make_entry: EntryFactory, clock: FakeClock
+) -> None:
+    assert quota_key("peer/gw-b/cam1/video") == "peer/gw-b"
+    assert quota_key("peer/gw-b/cam9/x", "stream") == "peer/gw-b"
+    assert quota_key("cam1/video") == "cam1"
+    assert is_peer_origin("peer/gw-b/cam1/video")
+    assert not is_peer_origin("peer/video"), "a local device named 'peer' is not a gateway"
+    store = _store(clock, max_bytes=10_000, max_origin_share=0.3, eviction="lru")
+    store.add(make_entry(1, nbytes=2000, origin="cam1/video"))
+    for i in range(2, 6):  # a neighbour's devices together: quota 3000 → one entry
+        store.add(make_entry(i, nbytes=2000, origin=f"peer/gw-b/dev{i}/video"))
+    assert 1 in store
+    assert store.origin_bytes("peer/gw-b/dev0/x") == 2000
+    assert store.quota_evictions == 3
