@@ -14,7 +14,8 @@ arrival of its answer (or of the message itself, for (a)). The gateway's RSS is 
 from ``/proc`` after the run (current and peak). The ratio (b)/(a) is the figure to
 read; absolute rates depend on the (shared) machine.
 
-(c) CoAP POST throughput fits the same table: write ``scenario_coap(ctx) -> Row`` like
+(c) CoAP POST throughput (measured in-process, closed loop, by ``ingest_coap.py``) fits
+this table too: write ``scenario_coap(ctx) -> Row`` like
 :func:`scenario_gateway_mqtt` (a gateway with a ``coap`` section, POSTs to
 ``/in/{device}/env``) and add it to :data:`SCENARIOS`.
 
