@@ -422,8 +422,9 @@ class MqttTransport:
     async def _sender(self, client: aiomqtt.Client) -> None:
         """Publish queued answers in order, up to _SEND_WINDOW awaiting their PUBACKs
         (one at a time would cap the answers at one per broker round trip). An answer
-        leaves the queue only once acknowledged; on a failure the rest stay queued
-        for the next connection (at least once: some may arrive twice)."""
+        leaves the queue only once acknowledged; after a failure the unacknowledged
+        ones are sent again, on this connection if it lives, else on the next (at
+        least once: some may arrive twice)."""
         pending: deque[asyncio.Task[None]] = deque()  # for self._out[0 : len(pending)]
         wake = self._out_ready  # set by publish() and by every finished send
         timeout = self._cfg.publish_timeout_s
@@ -435,8 +436,12 @@ class MqttTransport:
                         exc = pending[0].exception()
                         if not isinstance(exc, PublishError):
                             raise exc  # type: ignore[misc]
-                        logger.warning("publish failed, will retry after reconnecting: %s", exc)
-                        return
+                        # Usually the connection is gone and _serve ends this task; if
+                        # not (a slow broker), send the unacknowledged ones again.
+                        logger.warning("publish failed, sending again: %s", exc)
+                        await self._cancel(pending)
+                        await asyncio.sleep(0.5)
+                        break
                     pending.popleft()
                     self._out_bytes -= len(self._out.popleft().payload)
                     self._out_space.set()
@@ -450,11 +455,16 @@ class MqttTransport:
                     pending.append(task)
                 await wake.wait()
         finally:
-            for task in pending:
-                task.cancel()
-            for task in pending:
-                with contextlib.suppress(asyncio.CancelledError, PublishError):
-                    await task
+            await self._cancel(pending)
+
+    @staticmethod
+    async def _cancel(pending: deque[asyncio.Task[None]]) -> None:
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, PublishError):
+                await task
+        pending.clear()
 
     async def _send(self, client: aiomqtt.Client, message: OutboundMessage, timeout: float) -> None:
         props = None

@@ -6,6 +6,7 @@ import asyncio
 import json
 import ssl
 
+import aiomqtt
 import msgpack
 import pydantic
 import pytest
@@ -105,3 +106,34 @@ async def test_a_full_outgoing_queue_waits_then_fails_counted() -> None:
     with pytest.raises(PublishError):
         await t.publish(msg)
     assert t.lost_outgoing == 1
+
+
+class FlakyBroker:
+    """Stands in for aiomqtt.Client.publish: the first publish of 'b' times out."""
+
+    def __init__(self) -> None:
+        self.acked: list[bytes] = []
+        self.failed = False
+
+    async def publish(self, topic: str, payload: bytes, **_kw: object) -> None:
+        await asyncio.sleep(0.001)  # the PUBACK round trip
+        if payload == b"b" and not self.failed:
+            self.failed = True
+            raise aiomqtt.MqttError("Operation timed out")
+        self.acked.append(payload)
+
+
+async def test_the_sender_resends_after_a_failure_on_a_live_connection() -> None:
+    t = transport()
+    for body in (b"a", b"b", b"c"):
+        await t.publish(OutboundMessage(topic="p/out/x/y", payload=body, qos=1))
+    t.protocol = "3.1.1"
+    broker = FlakyBroker()
+    sender = asyncio.create_task(t._sender(broker))  # type: ignore[arg-type]
+    try:
+        assert await t.flush(timeout=5)
+    finally:
+        sender.cancel()
+    assert broker.failed
+    assert b"b" in broker.acked and broker.acked[0] == b"a"  # at least once, first in order
+    assert t.out_depth == 0 and t._out_bytes == 0
